@@ -1,0 +1,159 @@
+//! The API: routing, the `/api/all` and `/api/first` endpoints, and the mapping of fan-out results to responses.
+
+mod query;
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+pub use self::query::{QueryError, QueryErrorMessage, parse_timeout};
+use crate::fanout::{self, Attempt, Failure, Outcome, Policy, Report};
+use crate::log::AttemptRecord;
+use crate::server::{Handler, Request, Response};
+use crate::upstream::Client;
+
+/// The routes and everything the endpoints need to answer.
+pub struct Api {
+    client: Client,
+    fanout: usize,
+    max_timeout_ms: u64,
+}
+
+impl Api {
+    /// Creates the API with `fanout` upstream requests per call and timeouts up to `max_timeout_ms`.
+    pub fn new(client: Client, fanout: usize, max_timeout_ms: u64) -> Api {
+        Api {
+            client,
+            fanout,
+            max_timeout_ms,
+        }
+    }
+
+    async fn endpoint(&self, policy: Policy, request: &Request, received_at: Instant) -> Response {
+        let timeout = match parse_timeout(request.query(), self.max_timeout_ms) {
+            Ok(timeout) => timeout,
+            Err(error) => {
+                let message = QueryErrorMessage {
+                    error: &error,
+                    max_timeout_ms: self.max_timeout_ms,
+                };
+                return Response::error(400, &message.to_string());
+            }
+        };
+        // The deadline counts from the moment the request head was read, so
+        // time spent in the server before this point is part of the budget.
+        let deadline = received_at + timeout;
+        let attempts = (0..self.fanout).map(|_| self.client.fetch()).collect();
+        let report = fanout::run(attempts, policy, deadline).await;
+        respond(policy, timeout, report)
+    }
+}
+
+impl Handler for Api {
+    async fn handle(&self, request: &Request, received_at: Instant) -> Response {
+        let policy = match request.path() {
+            "/api/all" => Policy::All,
+            "/api/first" => Policy::First,
+            path => {
+                let message = format!(
+                    "no route for path {path:?}: the endpoints are /api/all and /api/first"
+                );
+                return Response::error(404, &message);
+            }
+        };
+        if request.method != "GET" {
+            let message = format!(
+                "method {:?} not allowed on {}: use GET",
+                request.method,
+                request.path()
+            );
+            return Response::error(405, &message).with_header("Allow", "GET");
+        }
+        self.endpoint(policy, request, received_at).await
+    }
+}
+
+/// Maps a fan-out report to the endpoint's response.
+fn respond(policy: Policy, timeout: Duration, report: Report) -> Response {
+    let attempts: Vec<AttemptRecord> = report.attempts.iter().map(record).collect();
+    let mut response = match (policy, report.result) {
+        (Policy::First, Ok(payloads)) => Response::json(200, payloads[0].as_bytes().to_vec()),
+        (Policy::All, Ok(payloads)) => {
+            let mut body = Vec::with_capacity(
+                payloads
+                    .iter()
+                    .map(|p| p.as_bytes().len() + 1)
+                    .sum::<usize>()
+                    + 2,
+            );
+            body.push(b'[');
+            for (index, payload) in payloads.iter().enumerate() {
+                if index > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(payload.as_bytes());
+            }
+            body.push(b']');
+            Response::json(200, body)
+        }
+        (policy, Err(failure)) => Response::error(
+            500,
+            &failure_message(policy, timeout, &failure, &report.attempts),
+        ),
+    };
+    response.attempts = attempts;
+    response
+}
+
+fn record(attempt: &Attempt) -> AttemptRecord {
+    let status = match &attempt.outcome {
+        Outcome::Failed(error) => error.status(),
+        _ => None,
+    };
+    AttemptRecord {
+        kind: attempt.outcome.kind(),
+        status,
+        elapsed: attempt.elapsed,
+    }
+}
+
+/// Explains a 500: what ran out or failed, and what each attempt did.
+fn failure_message(
+    policy: Policy,
+    timeout: Duration,
+    failure: &Failure,
+    attempts: &[Attempt],
+) -> String {
+    let total = attempts.len();
+    let mut message = match failure {
+        Failure::DeadlineExpired => {
+            let finished = attempts
+                .iter()
+                .filter(|a| !matches!(a.outcome, Outcome::TimedOut))
+                .count();
+            match policy {
+                Policy::All => format!(
+                    "timeout of {} ms reached with {finished} of {total} upstream requests finished",
+                    timeout.as_millis()
+                ),
+                Policy::First => format!(
+                    "timeout of {} ms reached before any of {total} upstream requests succeeded",
+                    timeout.as_millis()
+                ),
+            }
+        }
+        Failure::AllFailed => format!("all {total} upstream requests failed"),
+    };
+    message.push_str(": ");
+    for (index, attempt) in attempts.iter().enumerate() {
+        if index > 0 {
+            message.push_str("; ");
+        }
+        match &attempt.outcome {
+            Outcome::Failed(error) => {
+                let _ = write!(message, "{} ({error})", error.kind());
+            }
+            outcome => message.push_str(outcome.kind()),
+        }
+    }
+    message
+}

@@ -1,0 +1,234 @@
+//! Parsing a request head with httparse into an owned [`Request`].
+
+use std::fmt;
+
+/// The largest request head accepted, in bytes; larger heads get 431. Real
+/// clients send well under 2 KiB to this API, so 16 KiB leaves room for
+/// proxies' headers and bounds each connection's buffer.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// The most header fields parsed in a request; more get 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// A parsed request head. The server reads no request body beyond discarding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The request target as sent: path and optional query.
+    pub target: String,
+    /// The minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+    /// Length of a body to read and discard before the next request.
+    pub content_length: u64,
+}
+
+impl Request {
+    /// The path part of the target, without the query.
+    pub fn path(&self) -> &str {
+        self.target
+            .split_once('?')
+            .map_or(&self.target, |(path, _)| path)
+    }
+
+    /// The query part of the target, without the `?`; empty when there is none.
+    pub fn query(&self) -> &str {
+        self.target.split_once('?').map_or("", |(_, query)| query)
+    }
+}
+
+/// Why a request head was rejected; each maps to one status in [`ParseError::status`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    HeadTooLarge,
+    TooManyHeaders,
+    Invalid(httparse::Error),
+    /// A Content-Length that is not plain digits, or two that differ.
+    InvalidContentLength,
+    /// Request bodies other than a plain Content-Length are not supported.
+    TransferEncoding,
+    /// The target is not origin-form (`/path?query`).
+    InvalidTarget,
+}
+
+impl ParseError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::HeadTooLarge | ParseError::TooManyHeaders => 431,
+            _ => 400,
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::HeadTooLarge => write!(f, "request head larger than {MAX_HEAD} bytes"),
+            ParseError::TooManyHeaders => write!(f, "more than {MAX_HEADERS} header fields"),
+            ParseError::Invalid(error) => write!(f, "malformed request: {error}"),
+            ParseError::InvalidContentLength => {
+                f.write_str("invalid Content-Length: expected one whole number")
+            }
+            ParseError::TransferEncoding => {
+                f.write_str("request bodies with Transfer-Encoding are not supported")
+            }
+            ParseError::InvalidTarget => {
+                f.write_str("invalid request target: expected a path starting with '/'")
+            }
+        }
+    }
+}
+
+/// Parses the head at the start of `buffer`.
+///
+/// Returns the request and the head's length in bytes, or `None` when the
+/// head is not complete yet.
+pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let length = match parsed.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buffer.len() >= MAX_HEAD => {
+            return Err(ParseError::HeadTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
+        Err(error) => return Err(ParseError::Invalid(error)),
+    };
+    if length > MAX_HEAD {
+        return Err(ParseError::HeadTooLarge);
+    }
+
+    let method = parsed.method.unwrap_or_default().to_string();
+    let target = parsed.path.unwrap_or_default();
+    if !target.starts_with('/') {
+        return Err(ParseError::InvalidTarget);
+    }
+    let minor_version = parsed.version.unwrap_or(1);
+    let mut connection_close = false;
+    let mut connection_keep_alive = false;
+    let mut content_length = None;
+    for field in parsed.headers.iter() {
+        if field.name.eq_ignore_ascii_case("connection") {
+            for token in field.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                connection_close |= token.eq_ignore_ascii_case(b"close");
+                connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if field.name.eq_ignore_ascii_case("content-length") {
+            let value = parse_content_length(field.value)?;
+            if content_length.is_some_and(|previous| previous != value) {
+                return Err(ParseError::InvalidContentLength);
+            }
+            content_length = Some(value);
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ParseError::TransferEncoding);
+        }
+    }
+
+    // HTTP/1.1 keeps the connection open unless told otherwise; HTTP/1.0
+    // closes it unless the client asks to keep it.
+    let keep_alive = !connection_close && (minor_version >= 1 || connection_keep_alive);
+    let request = Request {
+        method,
+        target: target.to_string(),
+        minor_version,
+        keep_alive,
+        content_length: content_length.unwrap_or(0),
+    };
+    Ok(Some((request, length)))
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::InvalidContentLength);
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(ParseError::InvalidContentLength)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_complete(input: &[u8]) -> Request {
+        parse(input).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn splits_path_and_query() {
+        let request = parse_complete(b"GET /api/all?timeout=100&x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(request.path(), "/api/all");
+        assert_eq!(request.query(), "timeout=100&x=1");
+        assert!(request.keep_alive);
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"GET / HTTP/1.1\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.1\r\nConnection: Upgrade, Close\r\n\r\n",
+                false,
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                parse_complete(input).keep_alive,
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn partial_head_needs_more() {
+        assert_eq!(parse(b"GET /api/all HTTP/1.1\r\nHost:"), Ok(None));
+    }
+
+    #[test]
+    fn rejects_bad_heads() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"GET /\x01 HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\n\r\n", 400),
+            (b"GET * HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ];
+        for (input, status) in cases {
+            let error = parse(input).unwrap_err();
+            assert_eq!(
+                error.status(),
+                *status,
+                "{:?}: {error}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn limits_head_size_and_header_count() {
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.resize(MAX_HEAD, b'a');
+        assert_eq!(parse(&long), Err(ParseError::HeadTooLarge));
+
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&many), Err(ParseError::TooManyHeaders));
+    }
+}

@@ -1,0 +1,117 @@
+//! Responses: a status, a JSON body, and their encoding into one buffer.
+
+use std::io::Write;
+
+use crate::log::AttemptRecord;
+
+/// A response to one request. Bodies are always JSON and framed by Content-Length.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// Headers beyond the framing ones, such as `Allow`.
+    pub headers: Vec<(&'static str, String)>,
+    /// The upstream attempts behind this response, for the access log.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl Response {
+    /// Creates a response with a body that is already JSON.
+    pub fn json(status: u16, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            body,
+            headers: Vec::new(),
+            attempts: Vec::new(),
+        }
+    }
+
+    /// Creates an error response with the body `{"error": message}`.
+    pub fn error(status: u16, message: &str) -> Response {
+        let body = serde_json::json!({ "error": message })
+            .to_string()
+            .into_bytes();
+        Response::json(status, body)
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Encodes the head and body into `out`, so the response goes out in one write.
+    ///
+    /// `Connection: close` is sent when the connection will close;
+    /// `Connection: keep-alive` only to an HTTP/1.0 client that asked for it,
+    /// since keep-alive is the default in HTTP/1.1.
+    pub fn encode(&self, keep_alive: bool, minor_version: u8, out: &mut Vec<u8>) {
+        out.reserve(160 + self.body.len());
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.body.len(),
+        );
+        match (keep_alive, minor_version) {
+            (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
+            (true, 0) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            (true, _) => {}
+        }
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+    }
+}
+
+/// The reason phrase for the statuses fanout sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_error_with_framing() {
+        let mut out = Vec::new();
+        Response::error(405, "method \"POST\" not allowed")
+            .with_header("Allow", "GET")
+            .encode(false, 1, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let body = r#"{"error":"method \"POST\" not allowed"}"#;
+        let expected = format!(
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nAllow: GET\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn marks_http10_keep_alive() {
+        let mut out = Vec::new();
+        Response::json(200, b"{}".to_vec()).encode(true, 0, &mut out);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("\r\nConnection: keep-alive\r\n")
+        );
+    }
+}

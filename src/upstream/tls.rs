@@ -1,0 +1,185 @@
+//! An async adapter over `native-tls` that shares one connector across connections.
+//!
+//! `native-tls` is written for blocking streams. The adapter hands it a
+//! [`Bridge`] that polls the async socket with the waker of the current task
+//! and turns `Pending` into `WouldBlock`, which TLS libraries treat as "try
+//! again later". Each poll of [`TlsStream`] stores the current waker in the
+//! bridge before calling into `native-tls`, so a socket that is not ready
+//! wakes the right task. No unsafe code and no second runtime are involved.
+
+use std::future::poll_fn;
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use native_tls::HandshakeError;
+
+/// A TLS client configuration built once at start and shared by every connection.
+///
+/// Building a `native_tls::TlsConnector` loads the system CA bundle, which
+/// costs tens of milliseconds of CPU; a handshake on a prebuilt connector
+/// costs only the handshake itself. Cloning is cheap: the OpenSSL context
+/// inside is reference-counted.
+#[derive(Clone)]
+pub struct TlsConnector {
+    inner: native_tls::TlsConnector,
+}
+
+impl TlsConnector {
+    /// Builds a connector that trusts the system roots plus `extra_ca_pem`, if given.
+    ///
+    /// Certificate and host-name verification stay on; there is no option to
+    /// turn them off.
+    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<TlsConnector, native_tls::Error> {
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(pem) = extra_ca_pem {
+            for certificate in native_tls::Certificate::stack_from_pem(pem)? {
+                builder.add_root_certificate(certificate);
+            }
+        }
+        Ok(TlsConnector {
+            inner: builder.build()?,
+        })
+    }
+
+    /// Runs a client handshake for `domain` over `stream`.
+    pub async fn connect<S>(&self, domain: &str, stream: S) -> Result<TlsStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let bridge = Bridge {
+            stream,
+            waker: Waker::noop().clone(),
+        };
+        let mut handshake = match self.inner.connect(domain, bridge) {
+            Ok(tls) => return Ok(TlsStream { inner: tls }),
+            Err(HandshakeError::Failure(error)) => return Err(TlsError(error)),
+            Err(HandshakeError::WouldBlock(mid)) => Some(mid),
+        };
+
+        // The first attempt above ran with a no-op waker, so the handshake is
+        // resumed right away with the real one before the task can sleep.
+        poll_fn(|cx| {
+            let mut mid = handshake.take().expect("handshake polled after completion");
+            mid.get_mut().set_waker(cx);
+            match mid.handshake() {
+                Ok(tls) => Poll::Ready(Ok(TlsStream { inner: tls })),
+                Err(HandshakeError::Failure(error)) => Poll::Ready(Err(TlsError(error))),
+                Err(HandshakeError::WouldBlock(mid)) => {
+                    handshake = Some(mid);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// A failed TLS handshake: an untrusted certificate, a host-name mismatch, or a protocol error.
+#[derive(Debug)]
+pub struct TlsError(native_tls::Error);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// A blocking-style view of an async stream, for `native-tls`.
+struct Bridge<S> {
+    stream: S,
+    /// The waker of the task that last polled the TLS stream.
+    waker: Waker,
+}
+
+impl<S> Bridge<S> {
+    fn set_waker(&mut self, cx: &Context<'_>) {
+        if !self.waker.will_wake(cx.waker()) {
+            self.waker = cx.waker().clone();
+        }
+    }
+
+    fn poll_with<T>(
+        &mut self,
+        poll: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> io::Result<T>
+    where
+        S: Unpin,
+    {
+        let mut cx = Context::from_waker(&self.waker);
+        match poll(Pin::new(&mut self.stream), &mut cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Read for Bridge<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.poll_with(|stream, cx| stream.poll_read(cx, buf))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Write for Bridge<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.poll_with(|stream, cx| stream.poll_write(cx, buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.poll_with(|stream, cx| stream.poll_flush(cx))
+    }
+}
+
+/// An established client TLS session over an async stream.
+pub struct TlsStream<S> {
+    inner: native_tls::TlsStream<Bridge<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
+    /// Runs one `native-tls` call with the current task's waker, mapping `WouldBlock` to `Pending`.
+    fn poll_tls<T>(
+        &mut self,
+        cx: &Context<'_>,
+        call: impl FnOnce(&mut native_tls::TlsStream<Bridge<S>>) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        self.inner.get_mut().set_waker(cx);
+        match call(&mut self.inner) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            result => Poll::Ready(result),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_tls(cx, |tls| tls.read(buf))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_tls(cx, |tls| tls.write(buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_tls(cx, |tls| tls.flush())
+    }
+
+    /// Sends the TLS close notification, then closes the socket.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        futures_lite::ready!(this.poll_tls(cx, |tls| tls.shutdown()))?;
+        Pin::new(&mut this.inner.get_mut().stream).poll_close(cx)
+    }
+}
