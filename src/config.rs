@@ -508,9 +508,12 @@ mod tests {
         assert_eq!(config.listen.to_string(), "[::1]:9000");
     }
 
+    /// Arguments, environment variables, and the expected message or option name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
     #[test]
     fn errors_name_the_option_and_value() {
-        let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        let cases: &[Case] = &[
             (
                 &["--fanout", "0"],
                 &[],

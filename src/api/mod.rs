@@ -50,9 +50,10 @@ impl Api {
 
 impl Handler for Api {
     async fn handle(&self, request: &Request, received_at: Instant) -> Response {
-        let policy = match request.path() {
-            "/api/all" => Policy::All,
-            "/api/first" => Policy::First,
+        let route = match request.path() {
+            "/api/all" => Route::Endpoint(Policy::All),
+            "/api/first" => Route::Endpoint(Policy::First),
+            "/healthz" | "/readyz" => Route::Health,
             path => {
                 let message = format!(
                     "no route for path {path:?}: the endpoints are /api/all and /api/first"
@@ -68,8 +69,19 @@ impl Handler for Api {
             );
             return Response::error(405, &message).with_header("Allow", "GET");
         }
-        self.endpoint(policy, request, received_at).await
+        match route {
+            Route::Endpoint(policy) => self.endpoint(policy, request, received_at).await,
+            // The process answers, so it is alive and ready; nothing else
+            // gates traffic yet.
+            Route::Health => Response::json(200, b"{\"status\":\"ok\"}".to_vec()),
+        }
     }
+}
+
+enum Route {
+    Endpoint(Policy),
+    /// `/healthz` (alive) and `/readyz` (ready to take traffic).
+    Health,
 }
 
 /// Maps a fan-out report to the endpoint's response.

@@ -25,7 +25,7 @@ pub use self::error::AttemptError;
 pub use self::payload::{PayloadError, validate};
 pub use self::response::{Limits, MAX_HEAD};
 pub use self::stream::MaybeTls;
-pub use self::tls::{TlsConnector, TlsError, TlsStream};
+pub use self::tls::{CaError, TlsConnector, TlsError, TlsStream};
 pub use self::url::{Scheme, UpstreamUrl, UrlError};
 
 /// The largest upstream body accepted, in bytes. The real upstream sends
@@ -66,7 +66,7 @@ struct Inner {
 
 impl Client {
     /// Creates a client for `url`, trusting `extra_ca_pem` in addition to the system roots.
-    pub fn new(url: UpstreamUrl, extra_ca_pem: Option<&[u8]>) -> Result<Client, native_tls::Error> {
+    pub fn new(url: UpstreamUrl, extra_ca_pem: Option<&[u8]>) -> Result<Client, CaError> {
         let tls = match url.scheme {
             Scheme::Https => Some(TlsConnector::new(extra_ca_pem)?),
             Scheme::Http => None,

@@ -31,16 +31,22 @@ impl TlsConnector {
     ///
     /// Certificate and host-name verification stay on; there is no option to
     /// turn them off.
-    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<TlsConnector, native_tls::Error> {
+    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<TlsConnector, CaError> {
         let mut builder = native_tls::TlsConnector::builder();
         if let Some(pem) = extra_ca_pem {
-            for certificate in native_tls::Certificate::stack_from_pem(pem)? {
+            let certificates =
+                native_tls::Certificate::stack_from_pem(pem).map_err(CaError::Invalid)?;
+            // A file with no certificate in it is a mistake, not a request to
+            // trust nothing extra.
+            if certificates.is_empty() {
+                return Err(CaError::Empty);
+            }
+            for certificate in certificates {
                 builder.add_root_certificate(certificate);
             }
         }
-        Ok(TlsConnector {
-            inner: builder.build()?,
-        })
+        let inner = builder.build().map_err(CaError::Invalid)?;
+        Ok(TlsConnector { inner })
     }
 
     /// Runs a client handshake for `domain` over `stream`.
@@ -75,6 +81,25 @@ impl TlsConnector {
         .await
     }
 }
+
+/// Why the extra CA certificates could not be used.
+#[derive(Debug)]
+pub enum CaError {
+    /// The PEM data holds no `CERTIFICATE` block.
+    Empty,
+    Invalid(native_tls::Error),
+}
+
+impl std::fmt::Display for CaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaError::Empty => f.write_str("no PEM certificate found"),
+            CaError::Invalid(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CaError {}
 
 /// A failed TLS handshake: an untrusted certificate, a host-name mismatch, or a protocol error.
 #[derive(Debug)]

@@ -1,0 +1,442 @@
+//! Shared pieces of the end-to-end tests: the gateway binary run as a child
+//! process, a raw HTTP client, and a scripted fake upstream on 127.0.0.1.
+//!
+//! The fake upstream uses blocking sockets on plain threads, so it shares no
+//! code with the async gateway it tests.
+
+// Each test file uses its own subset of these helpers.
+#![allow(dead_code)]
+
+pub mod certs;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single test step may block before the test fails instead of hanging.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gateway process, killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts the gateway on an ephemeral loopback port with `args`, and waits until it listens.
+    pub fn start(args: &[&str]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the fanout binary");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_sender, address_receiver) = std::sync::mpsc::channel();
+
+        // Draining stderr on a thread keeps the gateway from blocking on a full pipe.
+        let sink = logs.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("msg=listening") {
+                    let address = field(&line, "addr").and_then(|a| a.parse::<SocketAddr>().ok());
+                    let _ = address_sender.send(address);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+
+        let addr = match address_receiver.recv_timeout(TEST_TIMEOUT) {
+            Ok(Some(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not report its address; logs: {:?}",
+                    logs.lock().unwrap()
+                );
+            }
+        };
+        Gateway { child, addr, logs }
+    }
+
+    /// Sends `GET target` on a new connection and reads the whole response.
+    pub fn get(&self, target: &str) -> HttpResponse {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: fanout\r\nConnection: close\r\n\r\n");
+        exchange(self.addr, request.as_bytes())
+    }
+
+    /// Every stderr line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Returns the value of `key=value` in a logfmt line, unquoted.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next(),
+        None => rest.split(' ').next(),
+    }
+}
+
+/// A parsed response and how long it took to arrive.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub elapsed: Duration,
+    /// When the last byte arrived.
+    pub received_at: Instant,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON; fails the test when it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `error` member of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error member in {:?}", self.body))
+            .to_string()
+    }
+}
+
+/// Writes `request` on a new connection, reads until the server closes it, and parses one response.
+pub fn exchange(addr: SocketAddr, request: &[u8]) -> HttpResponse {
+    let started = Instant::now();
+    let raw = send_raw(addr, request);
+    let received_at = Instant::now();
+    let mut response = parse_response(&raw)
+        .unwrap_or_else(|| panic!("unparsable response: {:?}", String::from_utf8_lossy(&raw)));
+    response.elapsed = received_at - started;
+    response.received_at = received_at;
+    response
+}
+
+/// Writes `bytes` and returns everything the server sends until it closes the connection.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connecting to the gateway");
+    stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .expect("reading the response before the test timeout");
+    raw
+}
+
+/// Parses the first response in `raw`, framed by Content-Length.
+pub fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_string(), value.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))?
+        .1
+        .parse()
+        .ok()?;
+    let body = raw.get(head_end..head_end + length)?;
+    Some(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(body).into_owned(),
+        elapsed: Duration::ZERO,
+        received_at: Instant::now(),
+    })
+}
+
+/// What the fake upstream does with one connection.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Waits, then writes these bytes and keeps the connection open until the client closes it.
+    Respond { delay: Duration, bytes: Vec<u8> },
+    /// Waits, writes these bytes, then closes its side.
+    RespondAndClose { delay: Duration, bytes: Vec<u8> },
+    /// Reads the request and never answers.
+    Hang,
+    /// Waits, then resets the connection.
+    Reset { delay: Duration },
+}
+
+impl Step {
+    /// A 200 with `body` framed by Content-Length, after `delay_ms`.
+    pub fn ok(delay_ms: u64, body: &str) -> Step {
+        Step::Respond {
+            delay: Duration::from_millis(delay_ms),
+            bytes: response(200, body),
+        }
+    }
+
+    /// A response with `status` and a JSON body, after `delay_ms`.
+    pub fn status(delay_ms: u64, status: u16) -> Step {
+        Step::Respond {
+            delay: Duration::from_millis(delay_ms),
+            bytes: response(status, "{\"error\": \"fake\"}"),
+        }
+    }
+
+    /// Exactly these bytes, after `delay_ms`.
+    pub fn raw(delay_ms: u64, bytes: &[u8]) -> Step {
+        Step::Respond {
+            delay: Duration::from_millis(delay_ms),
+            bytes: bytes.to_vec(),
+        }
+    }
+}
+
+/// An HTTP/1.1 response with `body` framed by Content-Length.
+pub fn response(status: u16, body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// What the fake upstream saw of one connection.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub accepted_at: Instant,
+    /// The request head, as received.
+    pub request: String,
+    /// When the client closed the connection, if it has.
+    pub closed_at: Option<Instant>,
+}
+
+/// A scripted upstream: the n-th accepted connection runs the n-th step.
+///
+/// Connections past the end of the script get HTTP 500.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    connections: Arc<Mutex<Vec<Connection>>>,
+    tls: bool,
+}
+
+impl FakeUpstream {
+    pub fn start(script: Vec<Step>) -> FakeUpstream {
+        FakeUpstream::start_with(script, None)
+    }
+
+    /// Starts a fake upstream that speaks TLS with `identity`.
+    pub fn start_tls(script: Vec<Step>, identity: native_tls::Identity) -> FakeUpstream {
+        FakeUpstream::start_with(
+            script,
+            Some(native_tls::TlsAcceptor::new(identity).expect("building the TLS acceptor")),
+        )
+    }
+
+    fn start_with(script: Vec<Step>, tls: Option<native_tls::TlsAcceptor>) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let log = connections.clone();
+        let is_tls = tls.is_some();
+        thread::spawn(move || {
+            for (index, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { continue };
+                let step = script
+                    .get(index)
+                    .cloned()
+                    .unwrap_or_else(|| Step::status(0, 500));
+                let log = log.clone();
+                let tls = tls.clone();
+                thread::spawn(move || serve(stream, step, tls, log));
+            }
+        });
+        FakeUpstream {
+            addr,
+            connections,
+            tls: is_tls,
+        }
+    }
+
+    /// The upstream URL for this fake, by IP address.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/api/work", self.addr)
+    }
+
+    /// The upstream URL for this fake, by the host name `localhost`.
+    pub fn url_localhost(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://localhost:{}/api/work", self.addr.port())
+    }
+
+    pub fn connections(&self) -> Vec<Connection> {
+        self.connections.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` connections have been closed by the client, or the test timeout passes.
+    pub fn wait_closed(&self, count: usize) -> Vec<Connection> {
+        let started = Instant::now();
+        loop {
+            let connections = self.connections();
+            if connections.iter().filter(|c| c.closed_at.is_some()).count() >= count {
+                return connections;
+            }
+            assert!(
+                started.elapsed() < TEST_TIMEOUT,
+                "connections not closed: {connections:?}"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// A blocking read-and-write stream, plain or TLS.
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
+fn serve(
+    stream: TcpStream,
+    step: Step,
+    tls: Option<native_tls::TlsAcceptor>,
+    log: Arc<Mutex<Vec<Connection>>>,
+) {
+    let accepted_at = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let raw = stream.try_clone().unwrap();
+    let mut stream: Box<dyn Duplex> = match tls {
+        Some(acceptor) => match acceptor.accept(stream) {
+            Ok(tls) => Box::new(tls),
+            Err(_) => {
+                // The client rejected the certificate or the handshake failed:
+                // record the connection as closed and stop.
+                log.lock().unwrap().push(Connection {
+                    accepted_at,
+                    request: String::new(),
+                    closed_at: Some(Instant::now()),
+                });
+                return;
+            }
+        },
+        None => Box::new(stream),
+    };
+
+    let request = read_head(&mut stream);
+    let index = {
+        let mut log = log.lock().unwrap();
+        log.push(Connection {
+            accepted_at,
+            request,
+            closed_at: None,
+        });
+        log.len() - 1
+    };
+
+    match step {
+        Step::Respond { delay, bytes } => {
+            thread::sleep(delay);
+            let _ = stream.write_all(&bytes);
+            let _ = stream.flush();
+        }
+        Step::RespondAndClose { delay, bytes } => {
+            thread::sleep(delay);
+            let _ = stream.write_all(&bytes);
+            let _ = stream.flush();
+            let _ = raw.shutdown(std::net::Shutdown::Write);
+        }
+        Step::Hang => {}
+        Step::Reset { delay } => {
+            thread::sleep(delay);
+            let _ = rustix::net::sockopt::set_socket_linger(&raw, Some(Duration::ZERO));
+            drop(stream);
+            drop(raw);
+            log.lock().unwrap()[index].closed_at = Some(Instant::now());
+            return;
+        }
+    }
+
+    // Wait for the client to close its side, and note when.
+    let mut scratch = [0u8; 1024];
+    loop {
+        match stream.read(&mut scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    log.lock().unwrap()[index].closed_at = Some(Instant::now());
+}
+
+/// Reads up to the end of a request head; returns what was read.
+fn read_head(stream: &mut Box<dyn Duplex>) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Runs the fanout binary to completion with only `env` set, killing it after [`TEST_TIMEOUT`].
+pub fn run_fanout(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the fanout binary");
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(TEST_TIMEOUT) {
+        Ok(output) => output.expect("waiting for the fanout binary"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("fanout {args:?} did not exit within {TEST_TIMEOUT:?}");
+        }
+    }
+}
+
+/// Counts the open file descriptors of process `pid`.
+pub fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
