@@ -15,7 +15,7 @@ use futures_lite::future;
 
 use crate::upstream::{AttemptError, Payload};
 
-/// How the endpoint combines attempt results.
+/// The rule by which an endpoint combines attempt results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
     /// Wait for every attempt; succeed with all successful payloads.
@@ -24,19 +24,19 @@ pub enum Policy {
     First,
 }
 
-/// What became of one attempt.
+/// The outcome of one attempt.
 #[derive(Debug)]
 pub enum Outcome {
     Ok,
     Failed(AttemptError),
     /// Still running when the deadline passed.
     TimedOut,
-    /// Still running when the policy had its answer.
+    /// Still running when the policy had its result.
     Cancelled,
 }
 
 impl Outcome {
-    /// A short, stable name, the same vocabulary as [`AttemptError::kind`].
+    /// Returns a short, stable name, in the same vocabulary as [`AttemptError::kind`].
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -54,7 +54,7 @@ pub struct Attempt {
     pub elapsed: Duration,
 }
 
-/// Why a fan-out produced no answer.
+/// The reason a fan-out produced no payload.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Failure {
     /// The deadline passed first.

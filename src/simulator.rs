@@ -19,7 +19,7 @@ use crate::log::{self, Level};
 /// The largest request head the simulator reads.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// The longest a hanging response holds its connection open, so a client
+/// The maximum time a hanging response keeps its connection open, so a client
 /// that never gives up cannot pin the simulator's sockets forever.
 const MAX_HANG: Duration = Duration::from_secs(600);
 
@@ -36,7 +36,7 @@ const INVALID_PAYLOADS: &[&str] = &[
     "{\"time\": 160}{",
 ];
 
-/// How the simulated upstream behaves.
+/// Settings of the simulated upstream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimulatorConfig {
     /// Share of responses that fail, from 0 to 1.
@@ -52,7 +52,7 @@ impl SimulatorConfig {
 }
 
 impl Default for SimulatorConfig {
-    /// The real upstream's behaviour: 100-600 ms and frequent failures.
+    /// Returns the real upstream's behaviour: 100-600 ms and frequent failures.
     fn default() -> SimulatorConfig {
         SimulatorConfig {
             failure_rate: SimulatorConfig::DEFAULT_FAILURE_RATE,
@@ -224,7 +224,7 @@ async fn respond(
     stream.write_all(response.as_bytes()).await
 }
 
-/// Holds the connection without answering until the client closes it or [`MAX_HANG`] passes.
+/// Keeps the connection open without a response until the client closes it or [`MAX_HANG`] passes.
 async fn hang(stream: &mut TcpStream) {
     let mut scratch = [0u8; 1024];
     let wait_for_close = async {

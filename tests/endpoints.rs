@@ -10,7 +10,7 @@ use support::{FakeUpstream, Gateway, Step};
 /// the deadline; the rest is scheduling noise on a shared two-core machine.
 const DEADLINE_SLACK: Duration = Duration::from_millis(60);
 
-/// How soon after the gateway answers the fake upstream must see its connection closed.
+/// The maximum time between the gateway's response and the fake upstream seeing its connection closed.
 const CLOSE_SLACK: Duration = Duration::from_millis(50);
 
 fn gateway_for(upstream: &FakeUpstream) -> Gateway {

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 
 use support::{FakeUpstream, Gateway, Step, exchange, parse_response, run_fanout, send_raw};
 
-/// A gateway whose upstream always answers at once, for tests that never reach it or do not care.
+/// Starts a gateway whose upstream always responds at once, for tests that never reach it or do not care.
 fn gateway() -> (FakeUpstream, Gateway) {
     let steps = (0..64)
         .map(|i| Step::ok(0, &format!("{{\"time\": {i}}}")))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use support::certs::Ca;
 use support::{FakeUpstream, Gateway, Step};
 
-/// Runs /api/first with fan-out 1 against one scripted response and returns the gateway's answer.
+/// Runs /api/first with fan-out 1 against one scripted response and returns the gateway's response.
 fn first_with(step: Step) -> support::HttpResponse {
     let upstream = FakeUpstream::start(vec![step]);
     let gateway = Gateway::start(&["--upstream", &upstream.url(), "--fanout", "1"]);

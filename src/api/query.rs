@@ -7,17 +7,17 @@ use std::time::Duration;
 /// The name of the required query parameter.
 const TIMEOUT: &[u8] = b"timeout";
 
-/// The longest value echoed back in an error message, in characters.
+/// The maximum length of a value echoed back in an error message, in characters.
 const MAX_ECHOED: usize = 64;
 
-/// Why the query did not give a usable timeout.
+/// A reason why the query gave no usable timeout.
 #[derive(Debug, PartialEq, Eq)]
 pub enum QueryError {
     /// A `%` not followed by two hex digits.
     InvalidEscape(String),
     Missing,
     Repeated(usize),
-    /// A value that is not a whole number of milliseconds in range; holds the decoded value.
+    /// A value that is not a whole number of milliseconds in range, with the decoded value.
     Invalid(String),
 }
 

@@ -7,17 +7,17 @@
 
 use std::fmt;
 
-/// The longest chunk extension accepted, in bytes. Extensions carry nothing
+/// The maximum length of a chunk extension, in bytes. Extensions carry nothing
 /// fanout uses, so this only stops a peer from streaming one forever.
 pub const MAX_EXTENSION: usize = 1024;
 
-/// The most trailer bytes accepted after the last chunk.
+/// The maximum size of the trailer section after the last chunk, in bytes.
 pub const MAX_TRAILERS: usize = 8 * 1024;
 
 /// Hex digits in a chunk size: 16 fill a `u64`, so more would overflow.
 const MAX_SIZE_DIGITS: u32 = 16;
 
-/// Why a chunked body was rejected.
+/// A framing error in a chunked body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkedError {
     /// A chunk-size line held something other than hex digits and an extension.
@@ -66,7 +66,7 @@ enum State {
     },
     DataCr,
     DataLf,
-    /// Inside the trailer section; `at_line_start` tells whether CRLF here ends it.
+    /// Inside the trailer section; `at_line_start` is true when a CRLF here ends it.
     Trailer {
         at_line_start: bool,
         seen_cr: bool,

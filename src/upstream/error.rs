@@ -52,7 +52,7 @@ impl AttemptError {
         }
     }
 
-    /// A short, stable name for the failure, used in logs and metrics labels.
+    /// Returns a short, stable name for the failure, used in logs and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
             AttemptError::Resolve(_) => "resolve_error",
@@ -72,7 +72,7 @@ impl AttemptError {
         }
     }
 
-    /// The HTTP status the upstream answered with, when it got that far.
+    /// Returns the HTTP status the upstream sent, when the attempt got that far.
     pub fn status(&self) -> Option<u16> {
         match self {
             AttemptError::Redirect { status, .. } | AttemptError::Status(status) => Some(*status),

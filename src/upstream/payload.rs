@@ -4,17 +4,17 @@ use std::fmt;
 
 use serde_json::Value;
 
-/// Why a 200 response's body is not a usable payload.
+/// A reason why the body of a 200 response is not a usable payload.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PayloadError {
     /// The body does not start with a valid JSON value.
     NotJson(String),
     /// A valid JSON value followed by more than whitespace.
     TrailingData,
-    /// A JSON value other than an object; holds its type.
+    /// A JSON value other than an object, with its type.
     NotObject(&'static str),
     TimeMissing,
-    /// `time` holds something other than a non-negative integer; holds what it was.
+    /// A `time` member that is not a non-negative integer, with the type it has.
     TimeInvalid(&'static str),
 }
 

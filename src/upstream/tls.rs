@@ -82,7 +82,7 @@ impl TlsConnector {
     }
 }
 
-/// Why the extra CA certificates could not be used.
+/// An error from loading the extra CA certificates.
 #[derive(Debug)]
 pub enum CaError {
     /// The PEM data holds no `CERTIFICATE` block.

@@ -23,7 +23,7 @@ pub struct UpstreamUrl {
     pub authority: String,
 }
 
-/// Why an upstream URL was rejected.
+/// An invalid upstream URL, with the reason.
 #[derive(Debug, PartialEq, Eq)]
 pub struct UrlError(&'static str);
 

@@ -73,7 +73,7 @@ impl Gateway {
         exchange(self.addr, request.as_bytes())
     }
 
-    /// Every stderr line so far.
+    /// Returns every stderr line so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -119,13 +119,13 @@ impl HttpResponse {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The body parsed as JSON; fails the test when it is not JSON.
+    /// Parses the body as JSON, failing the test when it is not JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 
-    /// The `error` member of a JSON error body.
+    /// Returns the `error` member of a JSON error body.
     pub fn error(&self) -> String {
         self.json()["error"]
             .as_str()
@@ -191,14 +191,14 @@ pub enum Step {
     Respond { delay: Duration, bytes: Vec<u8> },
     /// Waits, writes these bytes, then closes its side.
     RespondAndClose { delay: Duration, bytes: Vec<u8> },
-    /// Reads the request and never answers.
+    /// Reads the request and never sends a response.
     Hang,
     /// Waits, then resets the connection.
     Reset { delay: Duration },
 }
 
 impl Step {
-    /// A 200 with `body` framed by Content-Length, after `delay_ms`.
+    /// Sends a 200 with `body` framed by Content-Length after `delay_ms`.
     pub fn ok(delay_ms: u64, body: &str) -> Step {
         Step::Respond {
             delay: Duration::from_millis(delay_ms),
@@ -206,7 +206,7 @@ impl Step {
         }
     }
 
-    /// A response with `status` and a JSON body, after `delay_ms`.
+    /// Sends a response with `status` and a JSON body after `delay_ms`.
     pub fn status(delay_ms: u64, status: u16) -> Step {
         Step::Respond {
             delay: Duration::from_millis(delay_ms),
@@ -223,7 +223,7 @@ impl Step {
     }
 }
 
-/// An HTTP/1.1 response with `body` framed by Content-Length.
+/// Builds an HTTP/1.1 response with `body` framed by Content-Length.
 pub fn response(status: u16, body: &str) -> Vec<u8> {
     format!("HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
         .into_bytes()
@@ -286,13 +286,13 @@ impl FakeUpstream {
         }
     }
 
-    /// The upstream URL for this fake, by IP address.
+    /// Returns the upstream URL for this fake, by IP address.
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}/api/work", self.addr)
     }
 
-    /// The upstream URL for this fake, by the host name `localhost`.
+    /// Returns the upstream URL for this fake, by the host name `localhost`.
     pub fn url_localhost(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://localhost:{}/api/work", self.addr.port())
