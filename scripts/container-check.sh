@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the container image from a locally built static binary and checks it
-# end to end: both endpoints against the simulated upstream, the HEALTHCHECK
-# command, upstream name resolution inside the image, and a clean stop on
-# SIGTERM in under a second. Prints the image size.
+# end to end. The checks: both endpoints against the simulated upstream, the
+# HEALTHCHECK command, upstream name resolution inside the image, and a clean
+# stop on SIGTERM in under a second. Prints the image size.
 #
 # Needs root to install buildah, podman and runc with apt-get when they are
 # missing. Skips with exit status 0 only when containers cannot run here at
@@ -103,9 +103,9 @@ build_binary
 work=$(mktemp -d /tmp/fanout-container-check.XXXXXX)
 storage=(--root "$work/root" --runroot "$work/runroot" --storage-driver vfs)
 # Without systemd, podman logs an error for the health check timer on every
-# run and stop; those go here and are shown only when the check fails.
+# run and stop. Those messages go here and are shown only if the check fails.
 podman_log="$work/podman.log"
-# crun, podman's default runtime, fails on some cgroup layouts; runc works.
+# crun, podman's default runtime, fails on some cgroup layouts, but runc works.
 # The limits stay within the hard limits a container may inherit.
 run=(podman "${storage[@]}" --runtime runc run --detach
     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096
@@ -118,8 +118,8 @@ say "building the image"
 buildah "${storage[@]}" bud --quiet --isolation chroot --format docker \
     --build-arg FANOUT_BINARY=context -t "$IMAGE" -f Containerfile . >/dev/null
 
-# A container that only prints the version tells a runtime that cannot run
-# containers here apart from a problem in the gateway.
+# A container that only prints the version separates a runtime that cannot
+# run containers here from a problem in the gateway.
 if ! probe=$(podman "${storage[@]}" --runtime runc run --rm --network host \
     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 "$IMAGE" --version 2>&1); then
     skip "podman with runc cannot start a container: $probe"
@@ -134,7 +134,7 @@ user=$(podman "${storage[@]}" image inspect --format '{{.Config.User}}' "$IMAGE"
 [[ $user =~ ^[1-9][0-9]*(:[0-9]+)?$ ]] || fail "the image runs as user '$user', not a numeric non-root uid"
 size_bytes=$(podman "${storage[@]}" image inspect --format '{{.Size}}' "$IMAGE")
 
-# Waits until the gateway on port $1 answers /healthz, for at most 10 s.
+# Waits until the gateway on port $1 returns 200 for /healthz, for at most 10 s.
 wait_ready() {
     local attempt
     for attempt in $(seq 100); do

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Measures how the gateway answers when the upstream misbehaves or the client
+"""Measures how the gateway responds when the upstream misbehaves or the client
 does something unusual, and prints one Markdown table row per case.
 
 Every server binds to 127.0.0.1: the gateway (target/release/fanout), and
 `fanout simulate` as the upstream. Each case sends a bounded number of
 requests, every socket has a timeout, and all processes are stopped on exit.
-Takes about 40 seconds.
+Takes about 10 seconds.
 
 Usage: scripts/measure-edge-cases.py   (run `cargo build --release` first)
 """

@@ -57,8 +57,8 @@ wait_port() {
     exit 1
 }
 
-# Starts the simulator (extra arguments passed on) and the gateway; sets
-# $gateway_pid and $gateway_port. $1 is the gateway's thread count.
+# Starts the simulator, passing on the arguments after $1, and the gateway
+# with $1 executor threads. Sets $gateway_pid and $gateway_port.
 start_pair() {
     local threads=$1
     shift

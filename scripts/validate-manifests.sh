@@ -4,7 +4,7 @@
 # are installed from PyPI into target/manifest-venv the first time.
 #
 # The manifests are checked against 1.30, the oldest version that runs the
-# preStop sleep action by default, and 1.37, the newest the package knows.
+# preStop sleep action by default, and 1.37, the newest the package has schemas for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

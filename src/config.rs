@@ -215,8 +215,8 @@ const SIMULATE_OPTIONS: &[Spec] = &[
 const HEALTH_LISTEN: usize = 0;
 const HEALTH_TIMEOUT: usize = 1;
 
-/// The longest `fanout healthcheck --timeout`; container engines give the
-/// whole check 30 s by default, so longer would never be waited for.
+/// The longest `fanout healthcheck --timeout`. Docker and podman stop a
+/// health check after 30 s by default, so a longer timeout would never expire.
 const MAX_HEALTHCHECK_TIMEOUT_MS: u64 = 30_000;
 
 const HEALTHCHECK_OPTIONS: &[Spec] = &[

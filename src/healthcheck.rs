@@ -15,17 +15,17 @@ use async_io::Timer;
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 
-/// The path probed: it answers 200 while the process serves requests.
+/// The path probed: it returns 200 while the process serves requests.
 pub const PATH: &str = "/healthz";
 
 /// The largest response head read. The gateway's health response is under
 /// 200 bytes; anything longer than this is not the gateway.
 const MAX_HEAD: usize = 4096;
 
-/// The most header fields parsed in the response head.
+/// The maximum number of header fields parsed in the response head.
 const MAX_HEADERS: usize = 32;
 
-/// Why a health check failed.
+/// A failed health check.
 #[derive(Debug)]
 pub enum HealthError {
     /// The listen address gives no loopback address to connect to.
@@ -36,7 +36,7 @@ pub enum HealthError {
     Io(io::Error),
     /// The response head did not parse, or the connection closed before it ended.
     Malformed(String),
-    /// The gateway answered with a status other than 200.
+    /// The gateway responded with a status other than 200.
     Status(u16),
     TimedOut(Duration),
 }

@@ -1,5 +1,5 @@
 //! `fanout healthcheck` run as a process against a real gateway and against
-//! fake servers that answer badly or not at all.
+//! fake servers that respond badly or not at all.
 
 mod support;
 
@@ -45,8 +45,8 @@ fn healthcheck_reads_listen_from_environment() {
 
 #[test]
 fn healthcheck_maps_unspecified_ipv4_to_loopback() {
-    // The gateway listens on 127.0.0.1 only; the check is told 0.0.0.0,
-    // as inside a container, and must find it on 127.0.0.1.
+    // The gateway listens on 127.0.0.1 only. The check is given 0.0.0.0,
+    // as inside a container, and must find the gateway on 127.0.0.1.
     let gateway = Gateway::start(&["--simulate-upstream"]);
     let listen = format!("0.0.0.0:{}", gateway.addr.port());
     let (code, output) = healthcheck(&["--listen", &listen], &[]);
@@ -83,7 +83,10 @@ fn healthcheck_fails_on_status_other_than_200() {
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("returned HTTP status 503"), "{output}");
     let request = &server.connections()[0].request;
-    assert!(request.starts_with("GET /healthz HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.starts_with("GET /healthz HTTP/1.1\r\n"),
+        "{request}"
+    );
 }
 
 #[test]
