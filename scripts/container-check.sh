@@ -41,7 +41,7 @@ skip() {
 install_tools() {
     local missing=()
     local tool
-    for tool in buildah podman runc curl python3 file; do
+    for tool in buildah podman runc curl python3 file perl make; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
