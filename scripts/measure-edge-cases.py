@@ -115,9 +115,9 @@ def client_disconnects():
             stream.sendall(b"GET /api/all?timeout=2000 HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(0.1)
         time.sleep(2.5)
-    lines = [line for line in log_path.read_text().splitlines() if "path=/api/all" in line]
+    lines = [line for line in log_path.read_text().splitlines() if "/api/all" in line]
     log_path.unlink()
-    print(f"| client closes after 100 ms, timeout=2000 | access log: `{lines[0].split(' msg=')[1]}` | | |")
+    print(f"| client closes after 100 ms, timeout=2000 | access log: `{lines[0]}` | | |")
 
 
 def pipelined():
