@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the container image from a locally built static binary and checks it
 # end to end. The checks: both endpoints against the simulated upstream, the
-# HEALTHCHECK command, upstream name resolution inside the image, and a clean
-# stop on SIGTERM in under a second. Prints the image size.
+# HEALTHCHECK command, upstream name resolution inside the image, TLS
+# verification against the image's CA bundle path, and a clean stop on
+# SIGTERM in under a second. Prints the image size.
 #
 # Needs root to install buildah, podman and runc with apt-get when they are
 # missing. Skips with exit status 0 only when containers cannot run here at
@@ -41,7 +42,7 @@ skip() {
 install_tools() {
     local missing=()
     local tool
-    for tool in buildah podman runc curl python3 file perl make; do
+    for tool in buildah podman runc curl python3 file perl make openssl; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
@@ -76,13 +77,14 @@ build_binary() {
 
 work=""
 storage=()
-simulator_pid=""
+host_pids=()
 cleanup() {
     local status=$?
-    if [[ -n $simulator_pid ]]; then
-        kill "$simulator_pid" 2>/dev/null || true
-        wait "$simulator_pid" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "${host_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [[ -n $work ]]; then
         podman "${storage[@]}" rm --all --force >/dev/null 2>&1 || true
         buildah "${storage[@]}" rm --all >/dev/null 2>&1 || true
@@ -184,12 +186,47 @@ say "podman stop took $stop_ms ms; exit status $exit_code"
 say "running the image against an upstream named localhost"
 upstream_port=$(free_port)
 "$CONTEXT/fanout" simulate --listen "127.0.0.1:$upstream_port" --failure-rate 0 2>/dev/null &
-simulator_pid=$!
+host_pids+=($!)
 port=$(free_port)
 "${run[@]}" --name fanout-check-resolve --env "FANOUT_LISTEN=127.0.0.1:$port" \
     "$IMAGE" --upstream "http://localhost:$upstream_port/api/work" >/dev/null 2>>"$podman_log"
 wait_ready "$port"
 expect_ok "$port" "/api/first?timeout=3000" '{"time": '
+
+# The static OpenSSL must find trusted roots at the path where the image keeps
+# its CA bundle. A test CA mounted over that file must make an https upstream
+# signed by it trusted, and the same upstream must fail without the mount.
+say "running the image against an https upstream signed by a test CA"
+tls="$work/tls"
+mkdir -p "$tls/www/api"
+printf '{"time": 7}' >"$tls/www/api/work"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=fanout check CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+    -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+    -CAcreateserial -days 1 -extfile <(echo "subjectAltName=DNS:localhost") \
+    -out "$tls/server.pem" 2>/dev/null
+tls_port=$(free_port)
+# s_server -WWW serves files under its working directory over HTTPS.
+(cd "$tls/www" && exec openssl s_server -quiet -WWW -accept "127.0.0.1:$tls_port" \
+    -cert "$tls/server.pem" -key "$tls/server.key" >/dev/null 2>&1) &
+host_pids+=($!)
+upstream="https://localhost:$tls_port/api/work"
+port=$(free_port)
+"${run[@]}" --name fanout-check-tls-trusted --env "FANOUT_LISTEN=127.0.0.1:$port" \
+    --volume "$tls/ca.pem:/etc/ssl/certs/ca-certificates.crt:ro" \
+    "$IMAGE" --upstream "$upstream" >/dev/null 2>>"$podman_log"
+wait_ready "$port"
+expect_ok "$port" "/api/first?timeout=3000" '{"time": 7}'
+port=$(free_port)
+"${run[@]}" --name fanout-check-tls-untrusted --env "FANOUT_LISTEN=127.0.0.1:$port" \
+    "$IMAGE" --upstream "$upstream" >/dev/null 2>>"$podman_log"
+wait_ready "$port"
+body=$(curl --silent --max-time 5 "http://127.0.0.1:$port/api/first?timeout=3000")
+[[ $body == *tls_error* ]] || fail "an upstream signed by an unknown CA was not rejected: $body"
+say "without the test CA: $body"
 
 say "image size: $size_bytes bytes ($((size_bytes / 1000)) kB)"
 say "passed"
