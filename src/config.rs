@@ -677,6 +677,18 @@ mod tests {
     }
 
     #[test]
+    fn healthcheck_help_lists_its_options() {
+        let Ok(Command::Help(text)) = parse_args(&["healthcheck", "--help"], &[]) else {
+            panic!("expected help")
+        };
+        assert!(text.starts_with("Usage: fanout healthcheck"), "{text}");
+        for spec in HEALTHCHECK_OPTIONS {
+            assert!(text.contains(spec.flag), "missing {}", spec.flag);
+            assert!(text.contains(spec.env), "missing {}", spec.env);
+        }
+    }
+
+    #[test]
     fn help_lists_every_option_with_env_and_default() {
         let Ok(Command::Help(text)) = parse_args(&["--help"], &[]) else {
             panic!("expected help")
