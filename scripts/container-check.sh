@@ -35,7 +35,7 @@ fail() {
     exit 1
 }
 skip() {
-    say "SKIPPED: containers cannot run on this machine: $*"
+    say "SKIPPED: containers cannot run here as uid $(id -u): $*"
     exit 0
 }
 
