@@ -53,6 +53,11 @@ pub enum Command {
         simulator: SimulatorConfig,
         threads: usize,
     },
+    /// Request `/healthz` from the gateway listening on `listen`, on its loopback address.
+    Healthcheck {
+        listen: SocketAddr,
+        timeout: Duration,
+    },
     /// Print this help text and exit.
     Help(String),
     Version,
@@ -207,6 +212,30 @@ const SIMULATE_OPTIONS: &[Spec] = &[
     },
 ];
 
+const HEALTH_LISTEN: usize = 0;
+const HEALTH_TIMEOUT: usize = 1;
+
+/// The longest `fanout healthcheck --timeout`. Docker and podman stop a
+/// health check after 30 s by default, so a longer timeout would never expire.
+const MAX_HEALTHCHECK_TIMEOUT_MS: u64 = 30_000;
+
+const HEALTHCHECK_OPTIONS: &[Spec] = &[
+    Spec {
+        flag: "--listen",
+        env: "FANOUT_LISTEN",
+        value: Some("ADDR"),
+        help: "address the gateway listens on; 0.0.0.0 and :: are probed on 127.0.0.1 and ::1",
+        default: "127.0.0.1:8080",
+    },
+    Spec {
+        flag: "--timeout",
+        env: "FANOUT_HEALTHCHECK_TIMEOUT",
+        value: Some("MS"),
+        help: "time allowed for connecting and receiving the response, in milliseconds",
+        default: "2000",
+    },
+];
+
 /// Where an option's value came from, for error messages.
 #[derive(Clone, Copy)]
 enum Origin {
@@ -305,6 +334,9 @@ pub fn parse(
     args: Vec<String>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Command, ConfigError> {
+    if args.first().is_some_and(|arg| arg == "healthcheck") {
+        return healthcheck_command(&args[1..], env);
+    }
     let (subcommand, args) = match args.first().map(String::as_str) {
         Some("simulate") => (true, &args[1..]),
         _ => (false, &args[..]),
@@ -430,6 +462,24 @@ fn simulate_command(values: &Values<'_>) -> Result<Command, ConfigError> {
     })
 }
 
+fn healthcheck_command(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError> {
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        let usage = "fanout healthcheck [OPTIONS]\n\nRequests GET /healthz from the gateway on its loopback address and exits 0 on\nstatus 200, 1 otherwise. It never connects to an address other than loopback.";
+        return Ok(Command::Help(options_help(usage, HEALTHCHECK_OPTIONS)));
+    }
+    let values = collect(HEALTHCHECK_OPTIONS, args, env)?;
+    let timeout_ms = values.number(HEALTH_TIMEOUT, 1..=MAX_HEALTHCHECK_TIMEOUT_MS)?;
+    Ok(Command::Healthcheck {
+        listen: values
+            .address(HEALTH_LISTEN)?
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        timeout: Duration::from_millis(timeout_ms.unwrap_or(2000)),
+    })
+}
+
 fn threads(values: &Values<'_>, index: usize) -> Result<usize, ConfigError> {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(values
@@ -446,10 +496,15 @@ fn help(subcommand: bool) -> String {
         )
     } else {
         (
-            "fanout [OPTIONS]\n       fanout simulate [OPTIONS]\n\nServes GET /api/all?timeout=MS and GET /api/first?timeout=MS, fanning each request\nout to the upstream and answering within the timeout.",
+            "fanout [OPTIONS]\n       fanout simulate [OPTIONS]\n       fanout healthcheck [OPTIONS]\n\nServes GET /api/all?timeout=MS and GET /api/first?timeout=MS, fanning each request\nout to the upstream and answering within the timeout.",
             SERVE_OPTIONS,
         )
     };
+    options_help(usage, specs)
+}
+
+/// Formats a usage text and an option table as help.
+fn options_help(usage: &str, specs: &[Spec]) -> String {
     let mut text =
         format!("Usage: {usage}\n\nOptions (a flag overrides its environment variable):\n");
     for spec in specs {
@@ -593,6 +648,44 @@ mod tests {
         };
         assert_eq!(simulator.seed, Some(7));
         assert_eq!(simulator.failure_rate, 0.0);
+    }
+
+    #[test]
+    fn healthcheck_reads_the_gateway_listen_variable() {
+        let Ok(Command::Healthcheck { listen, timeout }) =
+            parse_args(&["healthcheck"], &[("FANOUT_LISTEN", "0.0.0.0:9090")])
+        else {
+            panic!("expected a healthcheck command");
+        };
+        assert_eq!(listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(timeout, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn healthcheck_checks_its_timeout() {
+        let error = parse_args(&["healthcheck", "--timeout", "0"], &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid --timeout \"0\": expected a whole number from 1 to 30000"
+        );
+        let Ok(Command::Healthcheck { timeout, .. }) =
+            parse_args(&["healthcheck", "--timeout=250"], &[])
+        else {
+            panic!("expected a healthcheck command");
+        };
+        assert_eq!(timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn healthcheck_help_lists_its_options() {
+        let Ok(Command::Help(text)) = parse_args(&["healthcheck", "--help"], &[]) else {
+            panic!("expected help")
+        };
+        assert!(text.starts_with("Usage: fanout healthcheck"), "{text}");
+        for spec in HEALTHCHECK_OPTIONS {
+            assert!(text.contains(spec.flag), "missing {}", spec.flag);
+            assert!(text.contains(spec.env), "missing {}", spec.env);
+        }
     }
 
     #[test]

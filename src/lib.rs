@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod fanout;
+pub mod healthcheck;
 pub mod log;
 pub mod runtime;
 pub mod server;

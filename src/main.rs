@@ -10,17 +10,27 @@ use fanout::config::{self, Command, Config};
 use fanout::log::{self, Level};
 use fanout::simulator::{self, SimulatorConfig};
 use fanout::upstream::{Client, UpstreamUrl};
-use fanout::{runtime, server};
+use fanout::{healthcheck, runtime, server};
 use futures_lite::{FutureExt, StreamExt};
 use smol::Executor;
 
 /// Exit status for invalid configuration, as is usual for usage errors.
 const EXIT_USAGE: u8 = 2;
 
+/// Exit status of a failed health check. Container engines read 1 as
+/// unhealthy and reserve 2, so the health check exits 1 on every failure,
+/// invalid options included.
+const EXIT_UNHEALTHY: u8 = 1;
+
 fn main() -> ExitCode {
-    let args = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let is_healthcheck = args.first().is_some_and(|arg| arg == "healthcheck");
     let command = match config::parse(args, |key| std::env::var(key).ok()) {
         Ok(command) => command,
+        Err(error) if is_healthcheck => {
+            eprintln!("fanout healthcheck: {error}");
+            return ExitCode::from(EXIT_UNHEALTHY);
+        }
         Err(error) => {
             eprintln!("fanout: {error}");
             return ExitCode::from(EXIT_USAGE);
@@ -41,6 +51,23 @@ fn main() -> ExitCode {
             simulator,
             threads,
         } => simulate(listen, simulator, threads),
+        Command::Healthcheck { listen, timeout } => run_healthcheck(listen, timeout),
+    }
+}
+
+fn run_healthcheck(listen: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
+    match healthcheck::check(listen, timeout) {
+        Ok(address) => {
+            println!(
+                "fanout healthcheck: GET http://{address}{} returned 200",
+                healthcheck::PATH
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("fanout healthcheck: {error}");
+            ExitCode::from(EXIT_UNHEALTHY)
+        }
     }
 }
 
