@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod fanout;
 pub mod log;
+pub mod observe;
 pub mod runtime;
 pub mod server;
 pub mod simulator;
