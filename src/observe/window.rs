@@ -150,10 +150,15 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The share of attempts that succeeded; `None` when there were none.
+    /// The share of decided attempts that succeeded; `None` when none were decided.
+    ///
+    /// Cancelled attempts are left out: they lost a race that another
+    /// attempt won, which says nothing against the upstream. Timeouts count
+    /// as failures, because the upstream was too slow.
     pub fn success_ratio(&self) -> Option<f64> {
         let ok = self.outcomes[OutcomeLabel::Ok as usize];
-        (self.attempts > 0).then(|| ok as f64 / self.attempts as f64)
+        let decided = self.attempts - self.outcomes[OutcomeLabel::Cancelled as usize];
+        (decided > 0).then(|| ok as f64 / decided as f64)
     }
 
     /// Every outcome label with its count, zeros included.
@@ -250,6 +255,25 @@ mod tests {
         assert_eq!(summary.success_ratio(), Some(0.5));
         let outcomes: Vec<_> = summary.outcomes().filter(|(_, n)| *n > 0).collect();
         assert_eq!(outcomes, [("ok", 2), ("http_status", 1), ("timeout", 1)]);
+    }
+
+    #[test]
+    fn success_ratio_leaves_out_cancelled_attempts() {
+        let window = Window::new();
+        window.record(
+            0,
+            [
+                (OutcomeLabel::Ok, ms(100)),
+                (OutcomeLabel::Cancelled, ms(100)),
+            ],
+        );
+        assert_eq!(window.summary(0).success_ratio(), Some(1.0));
+        window.record(0, [(OutcomeLabel::Cancelled, ms(100))]);
+        window.record(1, [(OutcomeLabel::Timeout, ms(900))]);
+        assert_eq!(window.summary(1).success_ratio(), Some(0.5));
+        let only_cancelled = Window::new();
+        only_cancelled.record(0, [(OutcomeLabel::Cancelled, ms(100))]);
+        assert_eq!(only_cancelled.summary(0).success_ratio(), None);
     }
 
     #[test]
