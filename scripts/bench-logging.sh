@@ -6,6 +6,9 @@
 #
 # Usage: scripts/bench-logging.sh [--smoke]
 #   ROUNDS=5 DURATION=8 CONNECTIONS=32 GATEWAY_THREADS=1 UPSTREAM_THREADS=1
+#   LOG_SINK=pipe: where the gateway's stderr goes: "pipe" (read by cat and
+#   thrown away, as a container runtime or journald reads it), "file" (a
+#   file on disk, deleted after each run) or "null" (/dev/null).
 #   --smoke runs one 1-second round per mode, to check the script works.
 #
 # Besides requests per second it reports the gateway's CPU time per
@@ -20,6 +23,7 @@ DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 GATEWAY_THREADS=${GATEWAY_THREADS:-1}
+LOG_SINK=${LOG_SINK:-pipe}
 UPSTREAM_THREADS=${UPSTREAM_THREADS:-1}
 if [[ "${1:-}" == "--smoke" ]]; then
     ROUNDS=1 DURATION=1 WARMUP=0
@@ -74,8 +78,14 @@ cpu_ticks() {
 measure() {
     local level=$1 port pid rate requests ticks_before ticks_after log="$WORK/gateway-$1.log"
     port=$(free_port)
-    "$BIN" --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$UPSTREAM_PORT/api/work" \
-        --threads "$GATEWAY_THREADS" --log-level "$level" 2>"$log" &
+    local gateway=("$BIN" --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$UPSTREAM_PORT/api/work"
+        --threads "$GATEWAY_THREADS" --log-level "$level")
+    case "$LOG_SINK" in
+        file) "${gateway[@]}" 2>"$log" & ;;
+        null) "${gateway[@]}" 2>/dev/null & ;;
+        pipe) "${gateway[@]}" 2> >(wc -c >"$log") & ;;
+        *) echo "unknown LOG_SINK $LOG_SINK: expected pipe, file or null" >&2; exit 2 ;;
+    esac
     pid=$!
     PIDS+=("$pid")
     wait_ready "http://127.0.0.1:$port/healthz"
@@ -95,10 +105,14 @@ measure() {
     if grep -E 'Non-2xx|Socket errors' "$WORK/wrk.out" >&2; then
         echo "  WARNING: the $level run had errors; its rate is not comparable" >&2
     fi
-    local bytes
-    bytes=$(stat -c %s "$log")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
+    local bytes
+    case "$LOG_SINK" in
+        file) bytes=$(stat -c %s "$log") ;;
+        pipe) sleep 0.2; bytes=$(cat "$log" 2>/dev/null || echo "?") ;;
+        null) bytes="?" ;;
+    esac
     rm -f "$log"
     echo "  $level: $rate requests/s, $cpu_us us of gateway CPU per request, $bytes bytes of log" >&2
     echo "$rate $cpu_us"
@@ -109,7 +123,8 @@ median() {
 }
 
 echo "fanout logging cost: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds," >&2
-echo "gateway --threads $GATEWAY_THREADS, upstream --threads $UPSTREAM_THREADS, instant upstream, fan-out 2" >&2
+echo "gateway --threads $GATEWAY_THREADS, upstream --threads $UPSTREAM_THREADS, instant upstream, fan-out 2," >&2
+echo "gateway stderr to: $LOG_SINK" >&2
 INFO=()
 OFF=()
 for round in $(seq "$ROUNDS"); do

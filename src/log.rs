@@ -293,6 +293,8 @@ pub fn upstream_summary(summary: &Summary) {
 }
 
 fn write_line(line: String) {
+    // NOTE: the write blocks the calling executor thread; when stderr is a
+    // pipe whose reader stalls, request handling on that thread stalls too.
     // A failed write to stderr has nowhere to be reported, so it is dropped.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
