@@ -53,13 +53,13 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Waits up to 5 s for `url` to answer.
+# Waits up to 5 s for URL $1 to respond.
 wait_ready() {
     for _ in $(seq 100); do
         curl -fs -o /dev/null "$1" && return 0
         sleep 0.05
     done
-    echo "no answer from $1" >&2
+    echo "no response from $1 within 5 s" >&2
     return 1
 }
 

@@ -52,7 +52,7 @@ impl Level {
     }
 }
 
-/// How log lines are written.
+/// The format of log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// One JSON object per line.
@@ -91,7 +91,7 @@ pub fn init(format: Format, max_level: Option<Level>) {
     MAX_LEVEL.store(max_level.map_or(0, |level| level as u8), Ordering::Relaxed);
 }
 
-/// Whether lines at `level` are written.
+/// Returns whether lines at `level` are written.
 pub fn enabled(level: Level) -> bool {
     level as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
 }

@@ -27,7 +27,7 @@ fn get_with(gateway: &Gateway, target: &str, headers: &str) -> HttpResponse {
     support::exchange(gateway.addr, request.as_bytes())
 }
 
-/// The value of header `name` in a raw request head, if present.
+/// Returns the value of header `name` in a raw request head, if present.
 fn header_in(head: &str, name: &str) -> Option<String> {
     head.split("\r\n")
         .filter_map(|line| line.split_once(':'))
@@ -189,7 +189,8 @@ fn log_lines_are_json_with_fixed_fields() {
             .as_str()
             .unwrap_or_else(|| panic!("no ts: {line}"));
         assert_eq!(ts.len(), "2026-12-04T15:52:38.123Z".len(), "{ts}");
-        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+        assert!(ts.ends_with('Z'), "{ts}");
+        assert_eq!(ts.as_bytes()[10], b'T', "{ts}");
         assert!(value["level"].is_string(), "{line}");
         assert!(value["msg"].is_string(), "{line}");
     }
@@ -477,4 +478,29 @@ fn upstream_summary_is_logged_only_with_traffic() {
     assert_eq!(line["success_ratio"], 0.5);
     assert_eq!(line["outcomes"]["http_status"], 1);
     assert!(line["latency_p99_ms"].is_u64(), "{line}");
+}
+
+#[test]
+fn in_flight_ends_when_the_response_is_written() {
+    let upstream = FakeUpstream::start(vec![]);
+    let gateway = gateway_for(&upstream);
+
+    // After a `Connection: close` response the server lingers until the
+    // client closes; this client keeps its socket open meanwhile.
+    let mut client = TcpStream::connect(gateway.addr).unwrap();
+    client.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: fanout\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    client.read_to_end(&mut response).unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"));
+
+    let during_linger = scrape(&gateway);
+    assert_eq!(
+        value(&during_linger, "fanout_http_requests_in_flight", &[]),
+        1.0
+    );
+    assert_eq!(value(&during_linger, "fanout_open_connections", &[]), 2.0);
+    drop(client);
 }

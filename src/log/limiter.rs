@@ -20,7 +20,7 @@ pub const BURST: u32 = 10;
 /// unlimited rather than dropped.
 const MAX_TRACKED: usize = 64;
 
-/// What to do with one line.
+/// The decision for one line.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
     Write,

@@ -130,7 +130,7 @@ impl Line {
     }
 }
 
-/// How an absent value is written, indexed by [`Format`].
+/// The text of an absent value, indexed by [`Format`].
 const NULL_OR_DASH: [&str; 2] = ["null", "-"];
 
 /// Whether a character must be escaped inside a JSON string.

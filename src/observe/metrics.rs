@@ -39,7 +39,7 @@ const FIRST_STATUS: u16 = 100;
 const STATUS_SLOTS: usize = 500;
 
 /// Upper bounds of the request duration buckets, in microseconds: fine below
-/// 1 s, where the upstream's 100-600 ms answers put most requests, then
+/// 1 s, where the upstream's 100-600 ms responses put most requests, then
 /// coarse up to the default maximum timeout of 60 s.
 const REQUEST_BOUNDS_US: [u64; 19] = [
     1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 500_000,
@@ -142,7 +142,7 @@ impl OutcomeLabel {
         }
     }
 
-    /// Whether the attempt ran to an answer or an error. A timed-out or
+    /// Returns whether the attempt ran to a response or an error. A timed-out or
     /// cancelled attempt's duration says when fanout stopped waiting, not
     /// how fast the upstream is, so latency statistics leave it out.
     pub fn completed(self) -> bool {
@@ -150,7 +150,7 @@ impl OutcomeLabel {
     }
 }
 
-/// Counts one answered request on the endpoint of `path` (`None` when the head did not parse).
+/// Counts one request whose response was written, on the endpoint of `path` (`None` when the head did not parse).
 pub fn record_request(path: Option<&str>, status: u16, duration: Duration) {
     let endpoint = endpoint_index(path);
     let slot = usize::from(status.saturating_sub(FIRST_STATUS)).min(STATUS_SLOTS - 1);
@@ -214,7 +214,7 @@ impl Drop for OpenConnection {
 /// A histogram with fixed bucket bounds, in microseconds.
 pub struct Histogram<const N: usize> {
     bounds_us: [u64; N],
-    /// Observations per bucket, not cumulative: `counts[i]` holds values
+    /// Observations per bucket, not cumulative: `counts[i]` counts values
     /// above `bounds_us[i - 1]` and at most `bounds_us[i]`.
     counts: [AtomicU64; N],
     /// Observations above the last bound.
@@ -388,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn outcome_labels_cover_the_issue_kinds() {
+    fn outcome_labels_fold_attempt_kinds() {
         let failed = |error| OutcomeLabel::of(&Outcome::Failed(error)).as_str();
         assert_eq!(failed(AttemptError::Refused), "connect_error");
         assert_eq!(failed(AttemptError::Reset), "io_error");

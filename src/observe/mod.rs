@@ -31,7 +31,7 @@ static WINDOW: Window = Window::new();
 /// The start of the window's clock; seconds are counted from here.
 static CLOCK_START: OnceLock<Instant> = OnceLock::new();
 
-/// The current second on the window's monotonic clock.
+/// Returns the current second on the window's monotonic clock.
 fn now_second() -> u64 {
     CLOCK_START.get_or_init(Instant::now).elapsed().as_secs()
 }
@@ -85,7 +85,7 @@ pub fn unparsed_request_finished(request_id: &str, response: &Response) {
     });
 }
 
-/// The extra upstream request headers of one attempt: the request id and a
+/// Formats the extra upstream request headers of one attempt: the request id and a
 /// child `traceparent` with the attempt's own span id.
 pub fn upstream_headers(request: &Request, span_id: SpanId) -> String {
     format!(
@@ -106,12 +106,12 @@ pub fn record_attempts(attempts: &[Attempt]) {
     WINDOW.record(now_second(), labeled);
 }
 
-/// The response to `GET /metrics`.
+/// Builds the response to `GET /metrics`.
 pub fn metrics_response() -> Response {
     Response::with_content_type(200, metrics::CONTENT_TYPE, metrics::render().into_bytes())
 }
 
-/// The response to `GET /debug/upstream`: the last minute's upstream summary as JSON.
+/// Builds the response to `GET /debug/upstream`: the last minute's upstream summary as JSON.
 pub fn upstream_response() -> Response {
     let summary = WINDOW.summary(now_second());
     Response::json(200, summary.to_json().to_string().into_bytes())

@@ -7,8 +7,8 @@
 use std::fmt;
 
 /// The longest `X-Request-Id` accepted, in bytes. It fits UUIDs, ULIDs and
-/// the composite ids some proxies send, and bounds what every log line and
-/// upstream request carries; a longer id is replaced.
+/// the composite ids some proxies send. It also bounds what every log line
+/// and upstream request carries, so a longer id is replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The header that carries the request id, in and out.
@@ -45,7 +45,7 @@ impl SpanId {
     }
 }
 
-/// Where a request sits in its trace.
+/// The position of a request in its trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
     pub trace_id: TraceId,
@@ -78,7 +78,7 @@ impl TraceContext {
         }
     }
 
-    /// The `traceparent` value for a child span `span_id` of this trace.
+    /// Returns the `traceparent` value for a child span `span_id` of this trace.
     pub fn child(&self, span_id: SpanId) -> Traceparent {
         Traceparent {
             trace_id: self.trace_id,

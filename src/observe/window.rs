@@ -22,7 +22,7 @@ const COARSE_LIMIT_MS: u32 = 60_000;
 const FINE_BUCKETS: usize = (FINE_LIMIT_MS / FINE_STEP_MS) as usize;
 const MEDIUM_BUCKETS: usize = ((MEDIUM_LIMIT_MS - FINE_LIMIT_MS) / MEDIUM_STEP_MS) as usize;
 const COARSE_BUCKETS: usize = ((COARSE_LIMIT_MS - MEDIUM_LIMIT_MS) / COARSE_STEP_MS) as usize;
-/// The last bucket holds everything above [`COARSE_LIMIT_MS`].
+/// The last bucket counts everything above [`COARSE_LIMIT_MS`].
 const LATENCY_BUCKETS: usize = FINE_BUCKETS + MEDIUM_BUCKETS + COARSE_BUCKETS + 1;
 
 /// Returns the bucket for a latency of `ms` milliseconds.
@@ -55,10 +55,11 @@ fn upper_bound_ms(bucket: usize) -> Option<u32> {
     }
 }
 
-/// What happened during one second.
+/// The attempts of one second.
 #[derive(Clone)]
 struct Second {
-    /// Which second since the window's clock started this bucket holds; `u64::MAX` when unused.
+    /// The second, counted from the start of the window's clock, that this
+    /// bucket counts; `u64::MAX` when unused.
     stamp: u64,
     outcomes: [u32; OutcomeLabel::ALL.len()],
     latency: [u32; LATENCY_BUCKETS],
@@ -76,8 +77,8 @@ impl Second {
 
 /// The last [`WINDOW_SECONDS`] seconds of upstream attempts.
 ///
-/// It sits behind a mutex taken once per request, for a few counter updates;
-/// that is cheap next to the request's own work, and the exact Prometheus
+/// It sits behind a mutex taken once per request, for a few counter updates.
+/// That is cheap next to the request's own work, and the exact Prometheus
 /// counters never wait on it.
 pub struct Window {
     seconds: Mutex<Vec<Second>>,
@@ -153,7 +154,7 @@ impl Summary {
     /// The share of decided attempts that succeeded; `None` when none were decided.
     ///
     /// Cancelled attempts are left out: they lost a race that another
-    /// attempt won, which says nothing against the upstream. Timeouts count
+    /// attempt won, which shows nothing wrong with the upstream. Timeouts count
     /// as failures, because the upstream was too slow.
     pub fn success_ratio(&self) -> Option<f64> {
         let ok = self.outcomes[OutcomeLabel::Ok as usize];
@@ -161,16 +162,16 @@ impl Summary {
         (decided > 0).then(|| ok as f64 / decided as f64)
     }
 
-    /// Every outcome label with its count, zeros included.
+    /// Returns every outcome label with its count, zeros included.
     pub fn outcomes(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         OutcomeLabel::ALL
             .iter()
             .map(|label| (label.as_str(), self.outcomes[*label as usize]))
     }
 
-    /// The 50th, 90th and 99th percentile latencies of completed attempts, in
-    /// milliseconds, as the upper bound of the bucket each falls in; `None`
-    /// when no attempt completed.
+    /// Returns the 50th, 90th and 99th percentile latencies of completed
+    /// attempts in milliseconds. Each is the upper bound of the bucket it
+    /// falls in, or `None` when no attempt completed.
     pub fn latency_percentiles_ms(&self) -> [Option<u32>; 3] {
         [0.50, 0.90, 0.99].map(|quantile| self.percentile_ms(quantile))
     }

@@ -73,7 +73,7 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
             }
         };
         let received_at = Instant::now();
-        let _in_flight = observe::request_started(&request);
+        let in_flight = observe::request_started(&request);
 
         let (response, keep_alive) =
             match discard_body(&mut stream, &mut buffer, request.content_length).await {
@@ -100,6 +100,8 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
             &mut out,
         )
         .await;
+        // The request stops counting as in flight once written, before any linger.
+        drop(in_flight);
         observe::request_finished(&request, &response, received_at.elapsed());
         if written.is_err() {
             return;
