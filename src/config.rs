@@ -28,7 +28,7 @@ const MAX_MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The most executor threads accepted.
 const MAX_THREADS: u64 = 1024;
 
-/// The longest `--upstream-summary-interval` accepted: one day, in seconds.
+/// The longest `--summary-interval` accepted: one day, in seconds.
 const MAX_SUMMARY_INTERVAL_S: u64 = 86_400;
 
 /// How log lines are written.
@@ -191,8 +191,8 @@ const SERVE_OPTIONS: &[Spec] = &[
     LOG_FORMAT_SPEC,
     LOG_LEVEL_SPEC,
     Spec {
-        flag: "--upstream-summary-interval",
-        env: "FANOUT_UPSTREAM_SUMMARY_INTERVAL",
+        flag: "--summary-interval",
+        env: "FANOUT_SUMMARY_INTERVAL",
         value: Some("SECONDS"),
         help: "how often the last minute's upstream summary is logged while there is traffic",
         default: "60",
@@ -659,9 +659,9 @@ mod tests {
                 "invalid --log-format \"yaml\": expected json or text",
             ),
             (
-                &["--upstream-summary-interval", "0"],
+                &["--summary-interval", "0"],
                 &[],
-                "invalid --upstream-summary-interval \"0\": expected a whole number from 1 to 86400",
+                "invalid --summary-interval \"0\": expected a whole number from 1 to 86400",
             ),
         ];
         for (args, env, expected) in cases {

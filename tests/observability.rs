@@ -450,12 +450,7 @@ fn debug_upstream_summarizes_the_last_minute() {
 #[test]
 fn upstream_summary_is_logged_only_with_traffic() {
     let upstream = FakeUpstream::start(vec![Step::status(0, 500), Step::ok(0, r#"{"time": 1}"#)]);
-    let gateway = Gateway::start(&[
-        "--upstream",
-        &upstream.url(),
-        "--upstream-summary-interval",
-        "1",
-    ]);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--summary-interval", "1"]);
 
     thread::sleep(Duration::from_millis(2_300));
     let quiet = gateway
