@@ -9,6 +9,8 @@
 #   LOG_SINK=pipe: where the gateway's stderr goes: "pipe" (read by cat and
 #   thrown away, as a container runtime or journald reads it), "file" (a
 #   file on disk, deleted after each run) or "null" (/dev/null).
+#   PIN=0: with PIN=1 the gateway runs on CPU 0 and the upstream and wrk on
+#   CPU 1 (taskset), which keeps them from trading places between runs.
 #   --smoke runs one 1-second round per mode, to check the script works.
 #
 # Besides requests per second it reports the gateway's CPU time per
@@ -24,6 +26,13 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 GATEWAY_THREADS=${GATEWAY_THREADS:-1}
 LOG_SINK=${LOG_SINK:-pipe}
+PIN=${PIN:-0}
+GATEWAY_CPU=()
+OTHER_CPU=()
+if ((PIN)); then
+    GATEWAY_CPU=(taskset -c 0)
+    OTHER_CPU=(taskset -c 1)
+fi
 UPSTREAM_THREADS=${UPSTREAM_THREADS:-1}
 if [[ "${1:-}" == "--smoke" ]]; then
     ROUNDS=1 DURATION=1 WARMUP=0
@@ -64,7 +73,7 @@ wait_ready() {
 }
 
 UPSTREAM_PORT=$(free_port)
-"$BIN" simulate --listen "127.0.0.1:$UPSTREAM_PORT" --min-latency 0 --max-latency 0 \
+"${OTHER_CPU[@]}" "$BIN" simulate --listen "127.0.0.1:$UPSTREAM_PORT" --min-latency 0 --max-latency 0 \
     --failure-rate 0 --threads "$UPSTREAM_THREADS" --log-level warn 2>"$WORK/upstream.log" &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$UPSTREAM_PORT/api/work"
@@ -78,7 +87,7 @@ cpu_ticks() {
 measure() {
     local level=$1 port pid rate requests ticks_before ticks_after log="$WORK/gateway-$1.log"
     port=$(free_port)
-    local gateway=("$BIN" --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$UPSTREAM_PORT/api/work"
+    local gateway=("${GATEWAY_CPU[@]}" "$BIN" --listen "127.0.0.1:$port" --upstream "http://127.0.0.1:$UPSTREAM_PORT/api/work"
         --threads "$GATEWAY_THREADS" --log-level "$level")
     case "$LOG_SINK" in
         file) "${gateway[@]}" 2>"$log" & ;;
@@ -91,10 +100,10 @@ measure() {
     wait_ready "http://127.0.0.1:$port/healthz"
     local url="http://127.0.0.1:$port/api/all?timeout=1000"
     if ((WARMUP > 0)); then
-        timeout $((WARMUP + 10)) wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+        timeout $((WARMUP + 10)) "${OTHER_CPU[@]}" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
     fi
     ticks_before=$(cpu_ticks "$pid")
-    timeout $((DURATION + 10)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$url" >"$WORK/wrk.out"
+    timeout $((DURATION + 10)) "${OTHER_CPU[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$url" >"$WORK/wrk.out"
     ticks_after=$(cpu_ticks "$pid")
     rate=$(awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.out")
     requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.out")
@@ -124,7 +133,7 @@ median() {
 
 echo "fanout logging cost: wrk -t1 -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds," >&2
 echo "gateway --threads $GATEWAY_THREADS, upstream --threads $UPSTREAM_THREADS, instant upstream, fan-out 2," >&2
-echo "gateway stderr to: $LOG_SINK" >&2
+echo "gateway stderr to: $LOG_SINK, pinned to CPUs: $( ((PIN)) && echo yes || echo no)" >&2
 INFO=()
 OFF=()
 for round in $(seq "$ROUNDS"); do
@@ -158,4 +167,6 @@ awk -v ir="$info_rate" -v or="$off_rate" -v ic="$info_cpu" -v oc="$off_cpu" 'BEG
     printf "CPU per request info / off: %.3f (%+.1f%% with logging at info)\n", ic / oc, (ic / oc - 1) * 100
 }'
 echo "NOTE: this machine is shared and noisy (2 vCPUs, other jobs running); runs"
-echo "move by 10-15%, so compare ratios from the same run, not absolute numbers."
+echo "move by 10-15% or more, so compare ratios from the same run, not absolute"
+echo "numbers. When the gateway is not CPU-bound, requests/s follows latency and"
+echo "scheduling more than work; CPU time per request is the steadier measure."
