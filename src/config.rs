@@ -31,7 +31,7 @@ const MAX_THREADS: u64 = 1024;
 /// The longest `--summary-interval` accepted: one day, in seconds.
 const MAX_SUMMARY_INTERVAL_S: u64 = 86_400;
 
-/// How log lines are written.
+/// The format and level of log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     pub format: Format,
