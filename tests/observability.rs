@@ -499,3 +499,24 @@ fn in_flight_ends_when_the_response_is_written() {
     assert_eq!(value(&during_linger, "fanout_open_connections", &[]), 2.0);
     drop(client);
 }
+
+#[test]
+fn log_level_filters_lines_below_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let args = ["--listen", &address, "--upstream", "http://127.0.0.1:9/"];
+
+    let off = support::run_fanout(&args, &[("FANOUT_LOG_LEVEL", "off")]);
+    let error = support::run_fanout(&args, &[("FANOUT_LOG_LEVEL", "error")]);
+
+    assert!(!off.status.success());
+    assert_eq!(String::from_utf8_lossy(&off.stderr), "");
+    assert!(!error.status.success());
+    let stderr = String::from_utf8_lossy(&error.stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(line["level"], "error");
+    assert_eq!(line["msg"], "cannot listen");
+    assert_eq!(line["addr"], address.as_str());
+}
