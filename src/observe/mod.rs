@@ -3,6 +3,7 @@
 //!
 //! Log lines themselves are formatted in [`crate::log`].
 
+mod histogram;
 pub mod metrics;
 pub mod trace;
 mod window;
