@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::log::{Format, Level};
 use crate::simulator::SimulatorConfig;
 use crate::upstream::UpstreamUrl;
 
@@ -27,6 +28,17 @@ const MAX_MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The most executor threads accepted.
 const MAX_THREADS: u64 = 1024;
 
+/// The longest `--summary-interval` accepted: one day, in seconds.
+const MAX_SUMMARY_INTERVAL_S: u64 = 86_400;
+
+/// The format and level of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: Format,
+    /// The least severe level written; `None` turns logging off.
+    pub max_level: Option<Level>,
+}
+
 /// The gateway's configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -41,6 +53,9 @@ pub struct Config {
     pub threads: usize,
     /// When set, start a simulated upstream in-process and use it instead of `upstream`.
     pub simulate: Option<SimulatorConfig>,
+    pub log: LogConfig,
+    /// How often the upstream summary is logged while there is traffic.
+    pub summary_interval: Duration,
 }
 
 /// What the command line asks for.
@@ -52,6 +67,7 @@ pub enum Command {
         listen: SocketAddr,
         simulator: SimulatorConfig,
         threads: usize,
+        log: LogConfig,
     },
     /// Request `/healthz` from the gateway listening on `listen`, on its loopback address.
     Healthcheck {
@@ -93,6 +109,25 @@ const THREADS: usize = 5;
 const SIMULATE_UPSTREAM: usize = 6;
 const SIMULATE_FAILURE_RATE: usize = 7;
 const SIMULATE_SEED: usize = 8;
+const LOG_FORMAT: usize = 9;
+const LOG_LEVEL: usize = 10;
+const SUMMARY_INTERVAL: usize = 11;
+
+const LOG_FORMAT_SPEC: Spec = Spec {
+    flag: "--log-format",
+    env: "FANOUT_LOG_FORMAT",
+    value: Some("FORMAT"),
+    help: "log line format on stderr: json or text (logfmt)",
+    default: "json",
+};
+
+const LOG_LEVEL_SPEC: Spec = Spec {
+    flag: "--log-level",
+    env: "FANOUT_LOG_LEVEL",
+    value: Some("LEVEL"),
+    help: "least severe level logged: error, warn, info, debug, or off",
+    default: "info",
+};
 
 const SERVE_OPTIONS: &[Spec] = &[
     Spec {
@@ -158,6 +193,15 @@ const SERVE_OPTIONS: &[Spec] = &[
         help: "seed for the simulated upstream's randomness",
         default: "random, printed at start",
     },
+    LOG_FORMAT_SPEC,
+    LOG_LEVEL_SPEC,
+    Spec {
+        flag: "--summary-interval",
+        env: "FANOUT_SUMMARY_INTERVAL",
+        value: Some("SECONDS"),
+        help: "how often the last minute's upstream summary is logged while there is traffic",
+        default: "60",
+    },
 ];
 
 const SIM_LISTEN: usize = 0;
@@ -166,6 +210,8 @@ const SIM_SEED: usize = 2;
 const SIM_MIN_LATENCY: usize = 3;
 const SIM_MAX_LATENCY: usize = 4;
 const SIM_THREADS: usize = 5;
+const SIM_LOG_FORMAT: usize = 6;
+const SIM_LOG_LEVEL: usize = 7;
 
 const SIMULATE_OPTIONS: &[Spec] = &[
     Spec {
@@ -210,6 +256,8 @@ const SIMULATE_OPTIONS: &[Spec] = &[
         help: "executor threads",
         default: "the number of CPUs available",
     },
+    LOG_FORMAT_SPEC,
+    LOG_LEVEL_SPEC,
 ];
 
 const HEALTH_LISTEN: usize = 0;
@@ -433,6 +481,13 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
             .unwrap_or(60_000),
         threads: threads(values, THREADS)?,
         simulate: simulate.then_some(simulator),
+        log: log_config(values, LOG_FORMAT, LOG_LEVEL)?,
+        summary_interval: values
+            .number(SUMMARY_INTERVAL, 1..=MAX_SUMMARY_INTERVAL_S)?
+            .map_or(
+                crate::observe::DEFAULT_SUMMARY_INTERVAL,
+                Duration::from_secs,
+            ),
     }))
 }
 
@@ -459,6 +514,7 @@ fn simulate_command(values: &Values<'_>) -> Result<Command, ConfigError> {
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
         simulator,
         threads: threads(values, SIM_THREADS)?,
+        log: log_config(values, SIM_LOG_FORMAT, SIM_LOG_LEVEL)?,
     })
 }
 
@@ -478,6 +534,19 @@ fn healthcheck_command(
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
         timeout: Duration::from_millis(timeout_ms.unwrap_or(2000)),
     })
+}
+
+fn log_config(values: &Values<'_>, format: usize, level: usize) -> Result<LogConfig, ConfigError> {
+    let format = match values.get(format) {
+        None => Format::Json,
+        Some(text) => Format::parse(text).map_err(|_| values.invalid(format, "json or text"))?,
+    };
+    let max_level = match values.get(level) {
+        None => Some(Level::Info),
+        Some(text) => Level::parse_filter(text)
+            .map_err(|_| values.invalid(level, "error, warn, info, debug or off"))?,
+    };
+    Ok(LogConfig { format, max_level })
 }
 
 fn threads(values: &Values<'_>, index: usize) -> Result<usize, ConfigError> {
@@ -550,6 +619,25 @@ mod tests {
         assert_eq!(config.max_timeout_ms, 60_000);
         assert!(config.simulate.is_none());
         assert!(config.upstream_ca.is_none());
+        assert_eq!(config.log.format, Format::Json);
+        assert_eq!(config.log.max_level, Some(Level::Info));
+        assert_eq!(config.summary_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn log_options_from_flag_and_environment() {
+        let config = serve(
+            &["--log-format", "text"],
+            &[("FANOUT_LOG_LEVEL", "off"), ("FANOUT_LOG_FORMAT", "json")],
+        );
+        assert_eq!(config.log.format, Format::Text);
+        assert_eq!(config.log.max_level, None);
+        let Ok(Command::Simulate { log, .. }) =
+            parse_args(&["simulate"], &[("FANOUT_LOG_LEVEL", "debug")])
+        else {
+            panic!("expected a simulate command");
+        };
+        assert_eq!(log.max_level, Some(Level::Debug));
     }
 
     #[test]
@@ -614,6 +702,21 @@ mod tests {
                 &["--simulate-failure-rate", "1.5"],
                 &[],
                 "invalid --simulate-failure-rate \"1.5\": expected a number from 0 to 1, such as 0.25",
+            ),
+            (
+                &[],
+                &[("FANOUT_LOG_LEVEL", "verbose")],
+                "invalid --log-level \"verbose\" (from FANOUT_LOG_LEVEL): expected error, warn, info, debug or off",
+            ),
+            (
+                &["--log-format", "yaml"],
+                &[],
+                "invalid --log-format \"yaml\": expected json or text",
+            ),
+            (
+                &["--summary-interval", "0"],
+                &[],
+                "invalid --summary-interval \"0\": expected a whole number from 1 to 86400",
             ),
         ];
         for (args, env, expected) in cases {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod fanout;
 pub mod healthcheck;
 pub mod log;
+pub mod observe;
 pub mod runtime;
 pub mod server;
 pub mod simulator;

@@ -1,29 +1,105 @@
-//! Every log line fanout writes: lifecycle events and one access line per request.
+//! Every log line fanout writes: lifecycle events, one access line per
+//! request, and the periodic upstream summary.
 //!
-//! Lines go to stderr in logfmt (`ts=… level=… msg=… key=value`), each
-//! written with a single `write` call so lines from different threads never
-//! interleave. All formatting lives here, so changing the format touches
-//! only this file.
+//! Lines go to stderr as JSON objects by default, or as logfmt text
+//! (`ts=… level=… msg=… key=value`) when configured so. Each line is
+//! written with a single `write` call, so lines from different threads never
+//! interleave. All formatting lives here and in `log/line.rs`, so changing the
+//! format touches only these files.
 
-use std::fmt::{self, Display, Write as _};
+mod limiter;
+mod line;
+
+use std::fmt::{Display, Write as _};
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
-/// Severity of a log line.
-#[derive(Clone, Copy, Debug)]
+use self::limiter::{Admission, Limiter, Suppressed};
+use self::line::{Line, Millis, push_json_str};
+use crate::observe::Summary;
+use crate::observe::trace::{SpanId, TraceId};
+
+/// Severity of a log line, from the most to the least severe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
-    Info,
-    Warn,
-    Error,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
 }
 
 impl Level {
     fn as_str(self) -> &'static str {
         match self {
-            Level::Info => "info",
-            Level::Warn => "warn",
             Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
         }
+    }
+
+    /// Parses a level name for `--log-level`: `Some(level)`, or `None` for `off`.
+    pub fn parse_filter(text: &str) -> Result<Option<Level>, LogOptionError> {
+        match text {
+            "error" => Ok(Some(Level::Error)),
+            "warn" => Ok(Some(Level::Warn)),
+            "info" => Ok(Some(Level::Info)),
+            "debug" => Ok(Some(Level::Debug)),
+            "off" => Ok(None),
+            _ => Err(LogOptionError),
+        }
+    }
+}
+
+/// The format of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Json = 0,
+    /// logfmt: `key=value` pairs, for people reading a terminal.
+    Text = 1,
+}
+
+impl Format {
+    /// Parses a format name for `--log-format`: `json` or `text`.
+    pub fn parse(text: &str) -> Result<Format, LogOptionError> {
+        match text {
+            "json" => Ok(Format::Json),
+            "text" => Ok(Format::Text),
+            _ => Err(LogOptionError),
+        }
+    }
+}
+
+/// A log level or format name that is not one of the accepted names.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogOptionError;
+
+/// The least severe level written, as a number; 0 writes nothing.
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+static FORMAT: AtomicU8 = AtomicU8::new(Format::Json as u8);
+
+static LIMITER: Limiter = Limiter::new();
+
+/// Sets the format and the least severe level written; `None` turns logging off.
+///
+/// Call it once at start, before other threads log.
+pub fn init(format: Format, max_level: Option<Level>) {
+    FORMAT.store(format as u8, Ordering::Relaxed);
+    MAX_LEVEL.store(max_level.map_or(0, |level| level as u8), Ordering::Relaxed);
+}
+
+/// Returns whether lines at `level` are written.
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
+}
+
+fn format() -> Format {
+    match FORMAT.load(Ordering::Relaxed) {
+        0 => Format::Json,
+        _ => Format::Text,
     }
 }
 
@@ -32,160 +108,193 @@ impl Level {
 pub struct AttemptRecord {
     /// Outcome kind: `ok`, `timeout`, `cancelled` or a failure kind such as `http_status`.
     pub kind: &'static str,
-    /// The upstream's HTTP status, when the attempt got that far and failed on it.
+    /// The upstream's HTTP status, when the attempt got that far.
     pub status: Option<u16>,
     pub elapsed: Duration,
+    /// The span id sent upstream in this attempt's `traceparent`.
+    pub span_id: SpanId,
+    /// Why the attempt failed, when it did.
+    pub error: Option<String>,
 }
 
-/// Writes an event line with `msg` and extra `fields`.
+/// What the access log records of one request.
+pub struct AccessRecord<'a> {
+    /// `None` when the request head did not parse.
+    pub request: Option<RequestIds<'a>>,
+    pub request_id: &'a str,
+    pub status: u16,
+    pub duration: Duration,
+    /// The `timeout` query parameter, when the endpoint takes one and it is valid.
+    pub timeout_ms: Option<u64>,
+    pub attempts: &'a [AttemptRecord],
+}
+
+/// The parts of a parsed request that the access line shows.
+pub struct RequestIds<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// The caller's span, from a valid incoming `traceparent`.
+    pub parent_span_id: Option<SpanId>,
+}
+
+/// Writes an event line with `msg` and extra `fields`, written as strings.
+///
+/// Warning and error lines that repeat at a high rate are counted and
+/// summarized instead of written each time.
 pub fn event(level: Level, msg: &str, fields: &[(&str, &dyn Display)]) {
-    let mut line = start_line(level, msg);
-    for (key, value) in fields {
-        push_field(&mut line, key, value);
+    if !enabled(level) {
+        return;
     }
-    finish_line(line);
-}
-
-/// Writes the access line for one request.
-pub fn access(
-    method: &str,
-    target_path: &str,
-    status: u16,
-    duration: Duration,
-    attempts: &[AttemptRecord],
-) {
-    let mut line = start_line(Level::Info, "request");
-    push_field(&mut line, "method", &method);
-    push_field(&mut line, "path", &target_path);
-    push_field(&mut line, "status", &status);
-    push_field(&mut line, "duration_ms", &Millis(duration));
-    if !attempts.is_empty() {
-        let mut summary = String::new();
-        for (index, attempt) in attempts.iter().enumerate() {
-            if index > 0 {
-                summary.push(',');
-            }
-            summary.push_str(attempt.kind);
-            if let Some(status) = attempt.status {
-                let _ = write!(summary, "({status})");
-            }
-            let _ = write!(summary, ":{}", Millis(attempt.elapsed));
+    if level <= Level::Warn {
+        let (admission, summary) = LIMITER.admit(msg, Instant::now());
+        if let Some(summary) = summary {
+            write_suppressed(level, &summary);
         }
-        push_field(&mut line, "attempts", &summary);
+        if admission == Admission::Suppress {
+            return;
+        }
     }
-    finish_line(line);
+    let mut line = Line::start(format(), level, msg);
+    for (key, value) in fields {
+        line.display(key, *value);
+    }
+    write_line(line.finish());
 }
 
-/// A duration shown in milliseconds with one decimal.
-struct Millis(Duration);
-
-impl Display for Millis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.1}", self.0.as_secs_f64() * 1000.0)
+/// Writes one summary line for each rate-limited message whose window has ended.
+pub fn flush_suppressed() {
+    for summary in LIMITER.drain_ended(Instant::now()) {
+        write_suppressed(Level::Warn, &summary);
     }
 }
 
-fn start_line(level: Level, msg: &str) -> String {
-    let mut line = String::with_capacity(200);
-    let _ = write!(
-        line,
-        "ts={} level={}",
-        Timestamp(SystemTime::now()),
-        level.as_str()
+fn write_suppressed(level: Level, summary: &Suppressed) {
+    let mut line = Line::start(format(), level, "repeated log lines suppressed");
+    line.str("suppressed_msg", &summary.msg);
+    line.number("count", summary.count);
+    line.number("window_s", summary.window.as_secs());
+    write_line(line.finish());
+}
+
+/// Writes the access line for one request, at info.
+pub fn access(record: &AccessRecord<'_>) {
+    if !enabled(Level::Info) {
+        return;
+    }
+    let mut line = Line::start(format(), Level::Info, "request");
+    line.str("request_id", record.request_id);
+    let ids = record.request.as_ref();
+    line.opt_display("trace_id", ids.map(|ids| &ids.trace_id as &dyn Display));
+    line.opt_display("span_id", ids.map(|ids| &ids.span_id as &dyn Display));
+    line.opt_display(
+        "parent_span_id",
+        ids.and_then(|ids| ids.parent_span_id.as_ref())
+            .map(|id| id as &dyn Display),
     );
-    push_field(&mut line, "msg", &msg);
-    line
+    line.opt_str("method", ids.map(|ids| ids.method));
+    line.opt_str("path", ids.map(|ids| ids.path));
+    line.opt_number("timeout_ms", record.timeout_ms);
+    line.number("status", record.status);
+    line.millis("duration_ms", record.duration);
+    line.nested(
+        "attempts",
+        |json| push_attempts_json(json, record.attempts),
+        |text| push_attempts_text(text, record.attempts),
+    );
+    write_line(line.finish());
 }
 
-fn finish_line(mut line: String) {
-    line.push('\n');
+/// Writes the attempts as a JSON array of objects with fixed members.
+fn push_attempts_json(out: &mut String, attempts: &[AttemptRecord]) {
+    out.push('[');
+    for (index, attempt) in attempts.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"span_id\":\"{}\",\"kind\":\"{}\",\"status\":",
+            attempt.span_id, attempt.kind
+        );
+        match attempt.status {
+            Some(status) => {
+                let _ = write!(out, "{status}");
+            }
+            None => out.push_str("null"),
+        }
+        let _ = write!(
+            out,
+            ",\"latency_ms\":{},\"error\":",
+            Millis(attempt.elapsed)
+        );
+        match &attempt.error {
+            Some(error) => push_json_str(out, error),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+    }
+    out.push(']');
+}
+
+/// Writes the attempts as `kind(status):12.345ms@span[error]`, comma-separated.
+fn push_attempts_text(out: &mut String, attempts: &[AttemptRecord]) {
+    for (index, attempt) in attempts.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(attempt.kind);
+        if let Some(status) = attempt.status {
+            let _ = write!(out, "({status})");
+        }
+        let _ = write!(out, ":{}ms@{}", Millis(attempt.elapsed), attempt.span_id);
+        if let Some(error) = &attempt.error {
+            let _ = write!(out, "[{error}]");
+        }
+    }
+}
+
+/// Writes the upstream summary of the last window, at info.
+pub fn upstream_summary(summary: &Summary) {
+    if !enabled(Level::Info) {
+        return;
+    }
+    let mut line = Line::start(format(), Level::Info, "upstream summary");
+    line.number("window_s", summary.window.as_secs());
+    line.number("attempts", summary.attempts);
+    line.opt_number("success_ratio", summary.success_ratio());
+    line.nested(
+        "outcomes",
+        |json| {
+            json.push('{');
+            for (index, (label, count)) in summary.outcomes().enumerate() {
+                if index > 0 {
+                    json.push(',');
+                }
+                let _ = write!(json, "\"{label}\":{count}");
+            }
+            json.push('}');
+        },
+        |text| {
+            for (index, (label, count)) in summary.outcomes().enumerate() {
+                if index > 0 {
+                    text.push(',');
+                }
+                let _ = write!(text, "{label}:{count}");
+            }
+        },
+    );
+    let [p50, p90, p99] = summary.latency_percentiles_ms();
+    line.opt_number("latency_p50_ms", p50);
+    line.opt_number("latency_p90_ms", p90);
+    line.opt_number("latency_p99_ms", p99);
+    write_line(line.finish());
+}
+
+fn write_line(line: String) {
+    // NOTE: the write blocks the calling executor thread; when stderr is a
+    // pipe whose reader stalls, request handling on that thread stalls too.
     // A failed write to stderr has nowhere to be reported, so it is dropped.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
-}
-
-/// Appends ` key=value`, quoting the value when it holds spaces, quotes or control characters.
-fn push_field(line: &mut String, key: &str, value: &dyn Display) {
-    let start = line.len();
-    let _ = write!(line, " {key}=");
-    let value_start = line.len();
-    let _ = write!(line, "{value}");
-    let needs_quotes = line[value_start..].is_empty()
-        || line[value_start..]
-            .chars()
-            .any(|c| c == ' ' || c == '"' || c == '=' || c == '\\' || c.is_control());
-    if needs_quotes {
-        let value = line.split_off(value_start);
-        line.truncate(start);
-        let _ = write!(line, " {key}={value:?}");
-    }
-}
-
-/// A UTC time in RFC 3339 form with milliseconds, such as `2026-12-04T15:52:38.123Z`.
-struct Timestamp(SystemTime);
-
-impl Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let since_epoch = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let seconds = since_epoch.as_secs();
-        let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
-        let second_of_day = seconds % 86_400;
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            second_of_day / 3600,
-            second_of_day / 60 % 60,
-            second_of_day % 60,
-            since_epoch.subsec_millis(),
-        )
-    }
-}
-
-/// Converts days since 1970-01-01 to a (year, month, day) date in the proleptic Gregorian calendar.
-///
-/// This is Howard Hinnant's `civil_from_days` algorithm, which counts in
-/// 400-year eras that start on March 1 so leap days fall at the end of a year.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_rfc3339_timestamps() {
-        let cases = [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400, "2000-02-29T00:00:00.000Z"),
-            (1_796_399_558, "2026-12-04T15:52:38.000Z"),
-        ];
-        for (seconds, expected) in cases {
-            let time = UNIX_EPOCH + Duration::from_secs(seconds);
-            assert_eq!(Timestamp(time).to_string(), expected);
-        }
-    }
-
-    #[test]
-    fn quotes_values_that_need_it() {
-        let mut line = String::new();
-        push_field(&mut line, "a", &"plain");
-        push_field(&mut line, "b", &"two words");
-        push_field(&mut line, "c", &"");
-        push_field(&mut line, "d", &"x\"y\n");
-        assert_eq!(line, r#" a=plain b="two words" c="" d="x\"y\n""#);
-    }
 }

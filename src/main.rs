@@ -10,7 +10,7 @@ use fanout::config::{self, Command, Config};
 use fanout::log::{self, Level};
 use fanout::simulator::{self, SimulatorConfig};
 use fanout::upstream::{Client, UpstreamUrl};
-use fanout::{healthcheck, runtime, server};
+use fanout::{healthcheck, observe, runtime, server};
 use futures_lite::{FutureExt, StreamExt};
 use smol::Executor;
 
@@ -36,6 +36,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    match &command {
+        Command::Serve(config) => log::init(config.log.format, config.log.max_level),
+        Command::Simulate { log, .. } => log::init(log.format, log.max_level),
+        Command::Help(_) | Command::Version | Command::Healthcheck { .. } => {}
+    }
     match command {
         Command::Help(text) => {
             print!("{text}");
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
             listen,
             simulator,
             threads,
+            ..
         } => simulate(listen, simulator, threads),
         Command::Healthcheck { listen, timeout } => run_healthcheck(listen, timeout),
     }
@@ -124,6 +130,9 @@ fn serve(config: Config) -> ExitCode {
                 ("threads", &threads),
             ],
         );
+        executor
+            .spawn(observe::report_periodically(config.summary_interval))
+            .detach();
         let api = Arc::new(Api::new(client, config.fanout, config.max_timeout_ms));
         run_until_signal(server::serve(listener, api, executor)).await
     })

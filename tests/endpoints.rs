@@ -289,29 +289,29 @@ fn access_log_lists_attempt_outcomes() {
     let upstream = FakeUpstream::start(vec![Step::status(5, 503), Step::ok(5, r#"{"time": 1}"#)]);
     let gateway = gateway_for(&upstream);
 
-    gateway.get("/api/all?timeout=2000");
+    let response = gateway.get("/api/all?timeout=2000");
 
-    // The access line is written after the response, so give it a moment.
-    let started = std::time::Instant::now();
-    let line = loop {
-        if let Some(line) = gateway
-            .logs()
-            .into_iter()
-            .find(|line| line.contains("msg=request"))
-        {
-            break line;
-        }
-        assert!(
-            started.elapsed() < support::TEST_TIMEOUT,
-            "no access line in {:?}",
-            gateway.logs()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert_eq!(support::field(&line, "method"), Some("GET"));
-    assert_eq!(support::field(&line, "path"), Some("/api/all"));
-    assert_eq!(support::field(&line, "status"), Some("200"));
-    let attempts = support::field(&line, "attempts").unwrap();
-    assert!(attempts.contains("http_status(503):"), "{attempts}");
-    assert!(attempts.contains("ok:"), "{attempts}");
+    let request_id = response.header("x-request-id").unwrap();
+    let line = gateway.wait_for_access_line(request_id);
+    assert_eq!(line["level"], "info");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/api/all");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["timeout_ms"], 2000);
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
+    let attempts = line["attempts"].as_array().unwrap();
+    let mut kinds: Vec<(&str, u64)> = attempts
+        .iter()
+        .map(|a| (a["kind"].as_str().unwrap(), a["status"].as_u64().unwrap()))
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, [("http_status", 503), ("ok", 200)]);
+    for attempt in attempts {
+        assert!(attempt["latency_ms"].as_f64().unwrap() > 0.0, "{attempt}");
+    }
+    let failed = attempts
+        .iter()
+        .find(|a| a["kind"] == "http_status")
+        .unwrap();
+    assert_eq!(failed["error"], "HTTP status 503");
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 pub use self::query::{QueryError, QueryErrorMessage, parse_timeout};
 use crate::fanout::{self, Attempt, Failure, Outcome, Policy, Report};
 use crate::log::AttemptRecord;
+use crate::observe::{self, SpanId};
 use crate::server::{Handler, Request, Response};
 use crate::upstream::Client;
 
@@ -42,9 +43,18 @@ impl Api {
         // The deadline counts from the moment the request head was read, so
         // time spent in the server before this point is part of the budget.
         let deadline = received_at + timeout;
-        let attempts = (0..self.fanout).map(|_| self.client.fetch()).collect();
+        // Each attempt is its own span, so the upstream's logs can tell them apart.
+        let spans: Vec<SpanId> = (0..self.fanout).map(|_| SpanId::generate()).collect();
+        let headers: Vec<String> = spans
+            .iter()
+            .map(|span| observe::upstream_headers(request, *span))
+            .collect();
+        let attempts = headers.iter().map(|h| self.client.fetch(h)).collect();
         let report = fanout::run(attempts, policy, deadline).await;
-        respond(policy, timeout, report)
+        observe::record_attempts(&report.attempts);
+        let mut response = respond(policy, timeout, report, &spans);
+        response.timeout_ms = Some(timeout.as_millis() as u64);
+        response
     }
 }
 
@@ -54,6 +64,8 @@ impl Handler for Api {
             "/api/all" => Route::Endpoint(Policy::All),
             "/api/first" => Route::Endpoint(Policy::First),
             "/healthz" | "/readyz" => Route::Health,
+            "/metrics" => Route::Metrics,
+            "/debug/upstream" => Route::DebugUpstream,
             path => {
                 let message = format!(
                     "no route for path {path:?}: the endpoints are /api/all and /api/first"
@@ -74,6 +86,8 @@ impl Handler for Api {
             // The process answers, so it is alive and ready; nothing else
             // gates traffic yet.
             Route::Health => Response::json(200, b"{\"status\":\"ok\"}".to_vec()),
+            Route::Metrics => observe::metrics_response(),
+            Route::DebugUpstream => observe::upstream_response(),
         }
     }
 }
@@ -82,11 +96,22 @@ enum Route {
     Endpoint(Policy),
     /// `/healthz` (alive) and `/readyz` (ready to take traffic).
     Health,
+    /// Prometheus metrics.
+    Metrics,
+    /// The last minute of upstream attempts, summarized.
+    DebugUpstream,
 }
 
 /// Maps a fan-out report to the endpoint's response.
-fn respond(policy: Policy, timeout: Duration, report: Report) -> Response {
-    let attempts: Vec<AttemptRecord> = report.attempts.iter().map(record).collect();
+///
+/// `spans` holds each attempt's span id, in the same order as the attempts.
+fn respond(policy: Policy, timeout: Duration, report: Report, spans: &[SpanId]) -> Response {
+    let attempts: Vec<AttemptRecord> = report
+        .attempts
+        .iter()
+        .zip(spans)
+        .map(|(attempt, span)| record(attempt, *span))
+        .collect();
     let mut response = match (policy, report.result) {
         (Policy::First, Ok(payloads)) => Response::json(200, payloads[0].as_bytes().to_vec()),
         (Policy::All, Ok(payloads)) => {
@@ -116,15 +141,19 @@ fn respond(policy: Policy, timeout: Duration, report: Report) -> Response {
     response
 }
 
-fn record(attempt: &Attempt) -> AttemptRecord {
-    let status = match &attempt.outcome {
-        Outcome::Failed(error) => error.status(),
-        _ => None,
+fn record(attempt: &Attempt, span_id: SpanId) -> AttemptRecord {
+    // A payload is only accepted from a 200, so a success implies that status.
+    let (status, error) = match &attempt.outcome {
+        Outcome::Ok => (Some(200), None),
+        Outcome::Failed(error) => (error.status(), Some(error.to_string())),
+        Outcome::TimedOut | Outcome::Cancelled => (None, None),
     };
     AttemptRecord {
         kind: attempt.outcome.kind(),
         status,
         elapsed: attempt.elapsed,
+        span_id,
+        error,
     }
 }
 

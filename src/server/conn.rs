@@ -14,6 +14,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use super::request::{self, MAX_HEAD, ParseError, Request};
 use super::{Handler, Response};
 use crate::log::{self, Level};
+use crate::observe::{self, REQUEST_ID_HEADER};
 
 /// The largest request body read and thrown away so the connection can be
 /// reused. The endpoints take no body, so a larger one is rejected with 413.
@@ -36,6 +37,7 @@ const READ_CHUNK: usize = 4096;
 /// This is the error boundary for a connection: nothing that happens here,
 /// a panic included, reaches the accept loop.
 pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
+    let _open = observe::OpenConnection::open();
     let result = AssertUnwindSafe(run(stream, handler)).catch_unwind().await;
     if result.is_err() {
         log::event(
@@ -57,18 +59,21 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
             Ok(None) => return,
             Err(ReadError::Closed) => return,
             Err(ReadError::Parse(error)) => {
-                let response = Response::error(error.status(), &error.to_string());
+                let request_id = observe::new_request_id();
+                let response = Response::error(error.status(), &error.to_string())
+                    .with_header(REQUEST_ID_HEADER, request_id.clone());
                 if write_response(&mut stream, &response, false, 1, &mut out)
                     .await
                     .is_ok()
                 {
                     linger(&mut stream).await;
                 }
-                log::access("-", "-", response.status, Duration::ZERO, &[]);
+                observe::unparsed_request_finished(&request_id, &response);
                 return;
             }
         };
         let received_at = Instant::now();
+        let in_flight = observe::request_started(&request);
 
         let (response, keep_alive) =
             match discard_body(&mut stream, &mut buffer, request.content_length).await {
@@ -85,6 +90,7 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
                 }
                 Err(DiscardError::Closed) => return,
             };
+        let response = response.with_header(REQUEST_ID_HEADER, request.request_id.clone());
 
         let written = write_response(
             &mut stream,
@@ -94,13 +100,9 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
             &mut out,
         )
         .await;
-        log::access(
-            &request.method,
-            request.path(),
-            response.status,
-            received_at.elapsed(),
-            &response.attempts,
-        );
+        // The request stops counting as in flight once written, before any linger.
+        drop(in_flight);
+        observe::request_finished(&request, &response, received_at.elapsed());
         if written.is_err() {
             return;
         }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::observe::trace::{self, TraceContext};
+
 /// The largest request head accepted, in bytes; larger heads get 431. Real
 /// clients send well under 2 KiB to this API, so 16 KiB leaves room for
 /// proxies' headers and bounds each connection's buffer.
@@ -22,6 +24,10 @@ pub struct Request {
     pub keep_alive: bool,
     /// Length of a body to read and discard before the next request.
     pub content_length: u64,
+    /// The client's valid `X-Request-Id`, or a generated one.
+    pub request_id: String,
+    /// The trace from a valid `traceparent`, or a new one; includes fanout's own span.
+    pub trace: TraceContext,
 }
 
 impl Request {
@@ -109,6 +115,9 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
     let mut connection_close = false;
     let mut connection_keep_alive = false;
     let mut content_length = None;
+    let mut request_id = None;
+    let mut traceparent = None;
+    let mut traceparent_fields = 0;
     for field in parsed.headers.iter() {
         if field.name.eq_ignore_ascii_case("connection") {
             for token in field.value.split(|&b| b == b',') {
@@ -124,7 +133,16 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
             content_length = Some(value);
         } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ParseError::TransferEncoding);
+        } else if field.name.eq_ignore_ascii_case(trace::REQUEST_ID_HEADER) {
+            request_id = request_id.or(Some(field.value));
+        } else if field.name.eq_ignore_ascii_case("traceparent") {
+            traceparent = Some(field.value);
+            traceparent_fields += 1;
         }
+    }
+    // Two `traceparent` fields cannot both name the parent, so neither is trusted.
+    if traceparent_fields > 1 {
+        traceparent = None;
     }
 
     // HTTP/1.1 keeps the connection open unless told otherwise; HTTP/1.0
@@ -136,6 +154,8 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
         minor_version,
         keep_alive,
         content_length: content_length.unwrap_or(0),
+        request_id: trace::accept_request_id(request_id),
+        trace: TraceContext::from_traceparent(traceparent),
     };
     Ok(Some((request, length)))
 }
@@ -187,6 +207,31 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn reads_request_id_and_traceparent() {
+        let request = parse_complete(
+            b"GET / HTTP/1.1\r\nX-Request-Id: abc-1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        );
+        assert_eq!(request.request_id, "abc-1");
+        assert_eq!(
+            request.trace.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(request.trace.parent_id.is_some());
+    }
+
+    #[test]
+    fn duplicate_traceparent_starts_a_new_trace() {
+        let request = parse_complete(
+            b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        );
+        assert_eq!(request.trace.parent_id, None);
+        assert_ne!(
+            request.trace.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 
     #[test]

@@ -1,28 +1,39 @@
-//! Responses: a status, a JSON body, and their encoding into one buffer.
+//! Responses: a status, a body (JSON unless said otherwise), and their encoding into one buffer.
 
 use std::io::Write;
 
 use crate::log::AttemptRecord;
 
-/// A response to one request. Bodies are always JSON and framed by Content-Length.
+/// A response to one request. Bodies are framed by Content-Length.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    /// `application/json` unless built by [`Response::with_content_type`].
+    pub content_type: &'static str,
     pub body: Vec<u8>,
     /// Headers beyond the framing ones, such as `Allow`.
     pub headers: Vec<(&'static str, String)>,
     /// The upstream attempts behind this response, for the access log.
     pub attempts: Vec<AttemptRecord>,
+    /// The request's valid `timeout` parameter, for the access log.
+    pub timeout_ms: Option<u64>,
 }
 
 impl Response {
     /// Creates a response with a body that is already JSON.
     pub fn json(status: u16, body: Vec<u8>) -> Response {
+        Response::with_content_type(status, "application/json", body)
+    }
+
+    /// Creates a response whose body is of `content_type`.
+    pub fn with_content_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
         Response {
             status,
+            content_type,
             body,
             headers: Vec::new(),
             attempts: Vec::new(),
+            timeout_ms: None,
         }
     }
 
@@ -49,9 +60,10 @@ impl Response {
         // Writing into a Vec cannot fail.
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len(),
         );
         match (keep_alive, minor_version) {
@@ -102,6 +114,18 @@ mod tests {
             body.len()
         );
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn sends_the_content_type_it_was_given() {
+        let mut out = Vec::new();
+        Response::with_content_type(200, "text/plain; version=0.0.4", b"x 1\n".to_vec())
+            .encode(true, 1, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -59,8 +59,9 @@ struct Inner {
     url: UpstreamUrl,
     /// Present exactly when the scheme is https.
     tls: Option<TlsConnector>,
-    /// The whole request, built once because it never changes.
-    request: Vec<u8>,
+    /// The request head up to the per-request headers, built once because it
+    /// never changes; it ends with a field's CRLF, not the blank line.
+    request_start: Vec<u8>,
     limits: Limits,
 }
 
@@ -72,7 +73,7 @@ impl Client {
             Scheme::Http => None,
         };
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fanout/{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fanout/{}\r\nAccept: application/json\r\nConnection: close\r\n",
             url.target,
             url.authority,
             env!("CARGO_PKG_VERSION"),
@@ -85,7 +86,7 @@ impl Client {
             inner: Arc::new(Inner {
                 url,
                 tls,
-                request: request.into_bytes(),
+                request_start: request.into_bytes(),
                 limits,
             }),
         })
@@ -96,8 +97,18 @@ impl Client {
     }
 
     /// Makes one upstream request and returns its payload if it is a success.
-    pub async fn fetch(&self) -> Result<Payload, AttemptError> {
+    ///
+    /// `extra_headers` are added to the request as they are: complete header
+    /// fields, each ending in CRLF, which the caller has checked are safe to
+    /// send (no CR or LF inside a value).
+    pub async fn fetch(&self, extra_headers: &str) -> Result<Payload, AttemptError> {
         let inner = &*self.inner;
+        // One buffer so the request goes out in one write.
+        let mut request = Vec::with_capacity(inner.request_start.len() + extra_headers.len() + 2);
+        request.extend_from_slice(&inner.request_start);
+        request.extend_from_slice(extra_headers.as_bytes());
+        request.extend_from_slice(b"\r\n");
+
         let tcp = connect(&inner.url).await?;
         let mut stream = match &inner.tls {
             None => MaybeTls::Plain(tcp),
@@ -111,7 +122,7 @@ impl Client {
         };
 
         stream
-            .write_all(&inner.request)
+            .write_all(&request)
             .await
             .map_err(AttemptError::from_io)?;
         stream.flush().await.map_err(AttemptError::from_io)?;

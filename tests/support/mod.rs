@@ -29,10 +29,16 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway on an ephemeral loopback port with `args`, and waits until it listens.
     pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_with_env(args, &[])
+    }
+
+    /// Starts the gateway with `args` and only the environment variables `env`.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_clear()
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -46,9 +52,8 @@ impl Gateway {
         let sink = logs.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("msg=listening") {
-                    let address = field(&line, "addr").and_then(|a| a.parse::<SocketAddr>().ok());
-                    let _ = address_sender.send(address);
+                if let Some(address) = listening_address(&line) {
+                    let _ = address_sender.send(Some(address));
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -78,6 +83,32 @@ impl Gateway {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits for the first JSON log line for which `matches` holds, failing the test after [`TEST_TIMEOUT`].
+    pub fn wait_for_log(&self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .logs()
+                .iter()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .find(|value| matches(value));
+            if let Some(value) = found {
+                return value;
+            }
+            assert!(
+                started.elapsed() < TEST_TIMEOUT,
+                "no matching log line in {:?}",
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the access line of the request with `request_id`.
+    pub fn wait_for_access_line(&self, request_id: &str) -> serde_json::Value {
+        self.wait_for_log(|line| line["msg"] == "request" && line["request_id"] == request_id)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -88,6 +119,17 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Returns the address of the `listening` line, in either log format.
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    let address = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(value) if value["msg"] == "listening" => value["addr"].as_str()?.to_string(),
+        Ok(_) => return None,
+        Err(_) if line.contains(" msg=listening ") => field(line, "addr")?.to_string(),
+        Err(_) => return None,
+    };
+    address.parse().ok()
 }
 
 /// Returns the value of `key=value` in a logfmt line, unquoted.
