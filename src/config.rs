@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
 use crate::simulator::SimulatorConfig;
 use crate::upstream::UpstreamUrl;
 
@@ -27,6 +28,11 @@ const MAX_MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The most executor threads accepted.
 const MAX_THREADS: u64 = 1024;
 
+/// The largest `--max-connections` and `--max-in-flight` accepted. No
+/// descriptor limit on Linux reaches past about a million, so a larger cap
+/// could never be used.
+const MAX_CAP: u64 = 1_000_000;
+
 /// The gateway's configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -41,12 +47,20 @@ pub struct Config {
     pub threads: usize,
     /// When set, start a simulated upstream in-process and use it instead of `upstream`.
     pub simulate: Option<SimulatorConfig>,
+    /// Client connections open at once; `None` derives it from the descriptor limit.
+    pub max_connections: Option<usize>,
+    /// API requests answered at once; `None` derives it from the descriptor limit.
+    pub max_in_flight: Option<usize>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Serve(Config),
+    /// Boxed, since a configuration is far larger than the other variants.
+    Serve(Box<Config>),
     /// Run only the simulated upstream, on this address.
     Simulate {
         listen: SocketAddr,
@@ -88,6 +102,11 @@ const THREADS: usize = 5;
 const SIMULATE_UPSTREAM: usize = 6;
 const SIMULATE_FAILURE_RATE: usize = 7;
 const SIMULATE_SEED: usize = 8;
+const MAX_CONNECTIONS: usize = 9;
+const MAX_IN_FLIGHT: usize = 10;
+const HEADER_TIMEOUT: usize = 11;
+const IDLE_TIMEOUT: usize = 12;
+const WRITE_TIMEOUT: usize = 13;
 
 const SERVE_OPTIONS: &[Spec] = &[
     Spec {
@@ -152,6 +171,41 @@ const SERVE_OPTIONS: &[Spec] = &[
         value: Some("N"),
         help: "seed for the simulated upstream's randomness",
         default: "random, printed at start",
+    },
+    Spec {
+        flag: "--max-connections",
+        env: "FANOUT_MAX_CONNECTIONS",
+        value: Some("N"),
+        help: "client connections open at once; more wait in the listen backlog",
+        default: "half the descriptor limit, less 64 reserved",
+    },
+    Spec {
+        flag: "--max-in-flight",
+        env: "FANOUT_MAX_IN_FLIGHT",
+        value: Some("N"),
+        help: "API requests answered at once; more get 503",
+        default: "half the descriptor limit, less 64 reserved, over the descriptors per request",
+    },
+    Spec {
+        flag: "--header-timeout",
+        env: "FANOUT_HEADER_TIMEOUT",
+        value: Some("MS"),
+        help: "milliseconds to receive a request head and body from its first byte (408 after), and a new connection's first byte",
+        default: "10000",
+    },
+    Spec {
+        flag: "--idle-timeout",
+        env: "FANOUT_IDLE_TIMEOUT",
+        value: Some("MS"),
+        help: "milliseconds a kept-alive connection may wait for its next request",
+        default: "75000",
+    },
+    Spec {
+        flag: "--write-timeout",
+        env: "FANOUT_WRITE_TIMEOUT",
+        value: Some("MS"),
+        help: "milliseconds to write one response before the connection is closed",
+        default: "10000",
     },
 ];
 
@@ -389,7 +443,7 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
         ..SimulatorConfig::default()
     };
 
-    Ok(Command::Serve(Config {
+    let config = Config {
         listen: values
             .address(LISTEN)?
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -401,7 +455,24 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
             .unwrap_or(60_000),
         threads: threads(values, THREADS)?,
         simulate: simulate.then_some(simulator),
-    }))
+        max_connections: values
+            .number(MAX_CONNECTIONS, 1..=MAX_CAP)?
+            .map(|n| n as usize),
+        max_in_flight: values
+            .number(MAX_IN_FLIGHT, 1..=MAX_CAP)?
+            .map(|n| n as usize),
+        header_timeout: millis(values, HEADER_TIMEOUT, DEFAULT_HEADER_TIMEOUT)?,
+        idle_timeout: millis(values, IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT)?,
+        write_timeout: millis(values, WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT)?,
+    };
+    Ok(Command::Serve(Box::new(config)))
+}
+
+/// Reads a duration in milliseconds, from 1 ms to one day.
+fn millis(values: &Values<'_>, index: usize, default: Duration) -> Result<Duration, ConfigError> {
+    Ok(values
+        .number(index, 1..=MAX_MAX_TIMEOUT_MS)?
+        .map_or(default, Duration::from_millis))
 }
 
 fn simulate_command(values: &Values<'_>) -> Result<Command, ConfigError> {
@@ -481,7 +552,7 @@ mod tests {
 
     fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
         match parse_args(args, env) {
-            Ok(Command::Serve(config)) => config,
+            Ok(Command::Serve(config)) => *config,
             other => panic!("expected a serve command, got {other:?}"),
         }
     }
@@ -495,6 +566,37 @@ mod tests {
         assert_eq!(config.max_timeout_ms, 60_000);
         assert!(config.simulate.is_none());
         assert!(config.upstream_ca.is_none());
+        assert_eq!(config.max_connections, None);
+        assert_eq!(config.max_in_flight, None);
+        for (index, value) in [
+            (HEADER_TIMEOUT, config.header_timeout),
+            (IDLE_TIMEOUT, config.idle_timeout),
+            (WRITE_TIMEOUT, config.write_timeout),
+        ] {
+            assert_eq!(
+                SERVE_OPTIONS[index].default,
+                value.as_millis().to_string(),
+                "{}",
+                SERVE_OPTIONS[index].flag
+            );
+        }
+    }
+
+    #[test]
+    fn reads_limits_from_flags_and_environment() {
+        let config = serve(
+            &["--max-connections", "100", "--header-timeout=250"],
+            &[
+                ("FANOUT_MAX_IN_FLIGHT", "7"),
+                ("FANOUT_IDLE_TIMEOUT", "500"),
+                ("FANOUT_WRITE_TIMEOUT", "60"),
+            ],
+        );
+        assert_eq!(config.max_connections, Some(100));
+        assert_eq!(config.max_in_flight, Some(7));
+        assert_eq!(config.header_timeout, Duration::from_millis(250));
+        assert_eq!(config.idle_timeout, Duration::from_millis(500));
+        assert_eq!(config.write_timeout, Duration::from_millis(60));
     }
 
     #[test]
@@ -559,6 +661,31 @@ mod tests {
                 &["--simulate-failure-rate", "1.5"],
                 &[],
                 "invalid --simulate-failure-rate \"1.5\": expected a number from 0 to 1, such as 0.25",
+            ),
+            (
+                &["--max-connections", "0"],
+                &[],
+                "invalid --max-connections \"0\": expected a whole number from 1 to 1000000",
+            ),
+            (
+                &[],
+                &[("FANOUT_MAX_IN_FLIGHT", "lots")],
+                "invalid --max-in-flight \"lots\" (from FANOUT_MAX_IN_FLIGHT): expected a whole number from 1 to 1000000",
+            ),
+            (
+                &["--header-timeout", "0"],
+                &[],
+                "invalid --header-timeout \"0\": expected a whole number from 1 to 86400000",
+            ),
+            (
+                &["--idle-timeout", "1s"],
+                &[],
+                "invalid --idle-timeout \"1s\": expected a whole number from 1 to 86400000",
+            ),
+            (
+                &["--write-timeout", ""],
+                &[],
+                "invalid --write-timeout \"\": expected a whole number from 1 to 86400000",
             ),
         ];
         for (args, env, expected) in cases {

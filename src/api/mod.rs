@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 pub use self::query::{QueryError, QueryErrorMessage, parse_timeout};
 use crate::fanout::{self, Attempt, Failure, Outcome, Policy, Report};
 use crate::log::AttemptRecord;
-use crate::server::{Handler, Request, Response};
+use crate::server::{Handler, Request, Response, Shutdown};
 use crate::upstream::Client;
 
 /// The routes and everything the endpoints need to answer.
@@ -16,6 +16,8 @@ pub struct Api {
     client: Client,
     fanout: usize,
     max_timeout_ms: u64,
+    /// Once it drains, `/readyz` answers 503.
+    shutdown: Shutdown,
 }
 
 impl Api {
@@ -25,7 +27,14 @@ impl Api {
             client,
             fanout,
             max_timeout_ms,
+            shutdown: Shutdown::new(),
         }
+    }
+
+    /// Makes `/readyz` answer 503 once `shutdown` begins draining.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Api {
+        self.shutdown = shutdown;
+        self
     }
 
     async fn endpoint(&self, policy: Policy, request: &Request, received_at: Instant) -> Response {
@@ -50,16 +59,12 @@ impl Api {
 
 impl Handler for Api {
     async fn handle(&self, request: &Request, received_at: Instant) -> Response {
-        let route = match request.path() {
-            "/api/all" => Route::Endpoint(Policy::All),
-            "/api/first" => Route::Endpoint(Policy::First),
-            "/healthz" | "/readyz" => Route::Health,
-            path => {
-                let message = format!(
-                    "no route for path {path:?}: the endpoints are /api/all and /api/first"
-                );
-                return Response::error(404, &message);
-            }
+        let Some(route) = route(request.path()) else {
+            let message = format!(
+                "no route for path {:?}: the endpoints are /api/all and /api/first",
+                request.path()
+            );
+            return Response::error(404, &message);
         };
         if request.method != "GET" {
             let message = format!(
@@ -71,17 +76,38 @@ impl Handler for Api {
         }
         match route {
             Route::Endpoint(policy) => self.endpoint(policy, request, received_at).await,
-            // The process answers, so it is alive and ready; nothing else
-            // gates traffic yet.
-            Route::Health => Response::json(200, b"{\"status\":\"ok\"}".to_vec()),
+            Route::Ready if self.shutdown.is_draining() => Response::error(
+                503,
+                "draining: fanout is shutting down and takes no new connections",
+            ),
+            // The process answers, so it is alive, and not draining, so ready.
+            Route::Live | Route::Ready => Response::json(200, b"{\"status\":\"ok\"}".to_vec()),
         }
+    }
+
+    /// Only the endpoints hold upstream sockets; health checks stay out of
+    /// the cap so they answer under overload.
+    fn counts_in_flight(&self, request: &Request) -> bool {
+        matches!(route(request.path()), Some(Route::Endpoint(_)))
     }
 }
 
 enum Route {
     Endpoint(Policy),
-    /// `/healthz` (alive) and `/readyz` (ready to take traffic).
-    Health,
+    /// `/healthz`: the process is alive.
+    Live,
+    /// `/readyz`: ready to take traffic.
+    Ready,
+}
+
+fn route(path: &str) -> Option<Route> {
+    match path {
+        "/api/all" => Some(Route::Endpoint(Policy::All)),
+        "/api/first" => Some(Route::Endpoint(Policy::First)),
+        "/healthz" => Some(Route::Live),
+        "/readyz" => Some(Route::Ready),
+        _ => None,
+    }
 }
 
 /// Maps a fan-out report to the endpoint's response.

@@ -1,23 +1,33 @@
 //! One client connection: read a request, answer it, and repeat while the
-//! connection is kept alive.
+//! connection is kept alive, each step bounded by the server's timeouts.
 
-use std::net::Shutdown;
+use std::future::Future;
+use std::io;
+use std::net::Shutdown as Direction;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-
 use async_net::TcpStream;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, future};
+use smol::lock::{Semaphore, SemaphoreGuardArc};
 
+use super::limits::Limits;
 use super::request::{self, MAX_HEAD, ParseError, Request};
+use super::shutdown::Shutdown;
 use super::{Handler, Response};
 use crate::log::{self, Level};
 
 /// The largest request body read and thrown away so the connection can be
 /// reused. The endpoints take no body, so a larger one is rejected with 413.
 const MAX_DISCARDED_BODY: u64 = 64 * 1024;
+
+/// The most bytes of later pipelined requests read while a request is in
+/// flight: room for one more head at its largest. Past it the connection
+/// stops reading until the response is out, which also stops noticing a
+/// client that leaves; the request's own deadline still ends it.
+const MAX_READ_AHEAD: usize = MAX_HEAD;
 
 /// How long a closing connection keeps reading after the last response.
 /// Closing a socket with unread input makes the kernel send a reset, which
@@ -31,12 +41,32 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// The size of each read from a client socket.
 const READ_CHUNK: usize = 4096;
 
-/// Serves `stream` until the client closes it, an error occurs, or a response closes it.
+/// The interim response sent to a client that waits for it before its body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The status logged for a request whose client left before the answer, as nginx does.
+const CLIENT_GONE: u16 = 499;
+
+/// What every connection of one server shares.
+pub(super) struct Shared {
+    pub limits: Limits,
+    /// One permit per request being answered that counts against the cap.
+    pub in_flight: Arc<Semaphore>,
+    pub shutdown: Shutdown,
+}
+
+/// Serves `stream` until the client closes it, an error or timeout occurs, or a response closes it.
 ///
 /// This is the error boundary for a connection: nothing that happens here,
 /// a panic included, reaches the accept loop.
-pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
-    let result = AssertUnwindSafe(run(stream, handler)).catch_unwind().await;
+pub(super) async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    shared: Arc<Shared>,
+) {
+    let result = AssertUnwindSafe(run(stream, handler, &shared))
+        .catch_unwind()
+        .await;
     if result.is_err() {
         log::event(
             Level::Error,
@@ -46,51 +76,75 @@ pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
     }
 }
 
-async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
+async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared) {
     // Responses are written whole, so Nagle's delay would only add latency.
     let _ = stream.set_nodelay(true);
+    let limits = &shared.limits;
     let mut buffer = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::new();
+    // A client that opens a connection has a request to send, so the wait
+    // for its first byte gets the header timeout, not the idle one.
+    let mut idle_until = Instant::now() + limits.header_timeout;
     loop {
-        let request = match read_request(&mut stream, &mut buffer).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Parse(error)) => {
-                let response = Response::error(error.status(), &error.to_string());
-                if write_response(&mut stream, &response, false, 1, &mut out)
-                    .await
-                    .is_ok()
-                {
-                    linger(&mut stream).await;
+        let (request, deadline) =
+            match next_request(&mut stream, &mut buffer, idle_until, shared).await {
+                Ok(next) => next,
+                Err(ReadError::Closed) => return,
+                Err(error) => {
+                    let response = error.response(limits.header_timeout);
+                    send_and_close(&mut stream, &response, 1, limits, &mut out).await;
+                    log::access("-", "-", response.status, Duration::ZERO, &[]);
+                    return;
                 }
-                log::access("-", "-", response.status, Duration::ZERO, &[]);
-                return;
-            }
-        };
+            };
         let received_at = Instant::now();
 
-        let (response, keep_alive) =
-            match discard_body(&mut stream, &mut buffer, request.content_length).await {
-                Ok(()) => (
-                    handler.handle(&request, received_at).await,
-                    request.keep_alive,
-                ),
-                Err(DiscardError::TooLarge) => {
-                    let message = format!(
-                        "request body of {} bytes not accepted: the endpoints take no body",
-                        request.content_length
+        let body = discard_body(&mut stream, &mut buffer, &request, deadline);
+        let (response, keep_alive) = match body.await {
+            Ok(()) => match answer(
+                &*handler,
+                &request,
+                received_at,
+                &mut stream,
+                &mut buffer,
+                shared,
+            )
+            .await
+            {
+                Some(response) => (response, request.keep_alive),
+                None => {
+                    // Dropping the handler's future closed its upstream connections.
+                    log::access(
+                        &request.method,
+                        request.path(),
+                        CLIENT_GONE,
+                        received_at.elapsed(),
+                        &[],
                     );
-                    (Response::error(413, &message), false)
+                    return;
                 }
-                Err(DiscardError::Closed) => return,
-            };
+            },
+            Err(BodyError::TooLarge) => {
+                let message = format!(
+                    "request body of {} bytes not accepted: the endpoints take no body",
+                    request.content_length
+                );
+                (Response::error(413, &message), false)
+            }
+            Err(BodyError::TimedOut) => {
+                (ReadError::TimedOut.response(limits.header_timeout), false)
+            }
+            Err(BodyError::Closed) => return,
+        };
 
+        // Once draining, each connection closes after the response it owes.
+        let keep_alive = keep_alive && !shared.shutdown.is_draining();
         let written = write_response(
             &mut stream,
             &response,
             keep_alive,
             request.minor_version,
+            limits,
             &mut out,
         )
         .await;
@@ -101,93 +155,233 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
             received_at.elapsed(),
             &response.attempts,
         );
-        if written.is_err() {
+        if !written {
             return;
         }
         if !keep_alive {
             linger(&mut stream).await;
             return;
         }
+        idle_until = Instant::now() + limits.idle_timeout;
     }
 }
 
+/// Answers `request`, unless the in-flight cap is reached, while reading ahead on the connection.
+///
+/// Returns `None` when the client closed the connection first; the
+/// handler's future is dropped then, which cancels its upstream requests.
+async fn answer<H: Handler>(
+    handler: &H,
+    request: &Request,
+    received_at: Instant,
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    shared: &Shared,
+) -> Option<Response> {
+    let _permit: Option<SemaphoreGuardArc> = if handler.counts_in_flight(request) {
+        match shared.in_flight.try_acquire_arc() {
+            Some(permit) => Some(permit),
+            None => return Some(overloaded(shared.limits.max_in_flight)),
+        }
+    } else {
+        None
+    };
+
+    let handled = async { Some(handler.handle(request, received_at).await) };
+    let gone = async {
+        read_ahead(stream, buffer).await;
+        None
+    };
+    // The handler is polled first, so an answer ready in the same wakeup as
+    // the client's close is still logged with its real status.
+    handled.or(gone).await
+}
+
+fn overloaded(max_in_flight: usize) -> Response {
+    let message = format!(
+        "overloaded: {max_in_flight} requests already in flight, the most this gateway takes; retry later"
+    );
+    Response::error(503, &message).with_header("Retry-After", "1")
+}
+
+/// Why no request came from the connection.
 enum ReadError {
-    /// The client closed the connection or the socket failed mid-request.
+    /// The client closed the connection, the socket failed, the connection
+    /// sat idle too long, or the server is draining: close without a word.
     Closed,
+    /// Part of a head arrived, but not all of it within the header timeout.
+    TimedOut,
     Parse(ParseError),
 }
 
-/// Reads one request head, keeping any bytes past it in `buffer` for the next request.
-///
-/// Returns `None` when the client closes the connection between requests.
-async fn read_request(
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-) -> Result<Option<Request>, ReadError> {
-    loop {
-        if !buffer.is_empty() {
-            if let Some((request, length)) = request::parse(buffer).map_err(ReadError::Parse)? {
-                buffer.drain(..length);
-                return Ok(Some(request));
+impl ReadError {
+    fn response(&self, header_timeout: Duration) -> Response {
+        match self {
+            ReadError::Parse(error) => Response::error(error.status(), &error.to_string()),
+            _ => {
+                let message = format!(
+                    "request not complete within {} ms of its first byte",
+                    header_timeout.as_millis()
+                );
+                Response::error(408, &message)
             }
         }
+    }
+}
+
+/// Waits for the first byte of the next request until `idle_until`, then
+/// reads its head within the header timeout, keeping any bytes past it in
+/// `buffer` for the next request.
+///
+/// Returns the request and the deadline for its body: the header timeout
+/// counts from the first byte of the request, or from the moment the server
+/// takes it up when it was pipelined and already buffered.
+async fn next_request(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    idle_until: Instant,
+    shared: &Shared,
+) -> Result<(Request, Instant), ReadError> {
+    if buffer.is_empty() {
+        let first_byte = async {
+            match read_more(stream, buffer, READ_CHUNK).await {
+                Ok(0) | Err(_) => Err(ReadError::Closed),
+                Ok(_) => Ok(()),
+            }
+        };
+        let stop = async {
+            Timer::at(idle_until).or(draining(&shared.shutdown)).await;
+            Err(ReadError::Closed)
+        };
+        // The read is polled first: a request that arrives as the idle
+        // timeout or the drain begins is served rather than cut off.
+        first_byte.or(stop).await?;
+    }
+
+    let deadline = Instant::now() + shared.limits.header_timeout;
+    match within(deadline, read_head(stream, buffer)).await {
+        Ok(result) => result.map(|request| (request, deadline)),
+        Err(TimedOut) => Err(ReadError::TimedOut),
+    }
+}
+
+/// Completes when draining begins, with the time it noticed, to match [`Timer`]'s output.
+async fn draining(shutdown: &Shutdown) -> Instant {
+    shutdown.draining().await;
+    Instant::now()
+}
+
+/// Reads until `buffer` starts with a complete head, and takes it off.
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Request, ReadError> {
+    loop {
+        if let Some((request, length)) = request::parse(buffer).map_err(ReadError::Parse)? {
+            buffer.drain(..length);
+            return Ok(request);
+        }
         // Reading at most up to the head limit keeps the buffer bounded.
-        let room = (MAX_HEAD + 1)
-            .saturating_sub(buffer.len())
-            .clamp(1, READ_CHUNK);
-        match read_into(stream, buffer, room).await {
-            Ok(0) if buffer.is_empty() => return Ok(None),
+        let room = (MAX_HEAD + 1).saturating_sub(buffer.len());
+        match read_more(stream, buffer, room).await {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}
         }
     }
 }
 
-enum DiscardError {
+enum BodyError {
     TooLarge,
+    TimedOut,
     Closed,
 }
 
-/// Reads and drops a request body of `length` bytes, part of which may already be in `buffer`.
+/// Reads and drops the request's body, part of which may already be in
+/// `buffer`, by `deadline`.
 async fn discard_body(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
-    length: u64,
-) -> Result<(), DiscardError> {
+    request: &Request,
+    deadline: Instant,
+) -> Result<(), BodyError> {
+    let length = request.content_length;
     if length > MAX_DISCARDED_BODY {
-        return Err(DiscardError::TooLarge);
+        // Without `100 Continue` a waiting client never sends the body, so
+        // the 413 reaches it without a body to drain first.
+        return Err(BodyError::TooLarge);
     }
     let mut remaining = length as usize;
     let buffered = remaining.min(buffer.len());
     buffer.drain(..buffered);
     remaining -= buffered;
-
-    let mut scratch = [0u8; 1024];
-    while remaining > 0 {
-        let limit = remaining.min(scratch.len());
-        match stream.read(&mut scratch[..limit]).await {
-            Ok(0) | Err(_) => return Err(DiscardError::Closed),
-            Ok(read) => remaining -= read,
-        }
+    if remaining == 0 {
+        return Ok(());
     }
-    Ok(())
+
+    let read = async {
+        if request.expect_continue && stream.write_all(CONTINUE).await.is_err() {
+            return Err(BodyError::Closed);
+        }
+        let mut scratch = [0u8; 1024];
+        while remaining > 0 {
+            let limit = remaining.min(scratch.len());
+            match stream.read(&mut scratch[..limit]).await {
+                Ok(0) | Err(_) => return Err(BodyError::Closed),
+                Ok(read) => remaining -= read,
+            }
+        }
+        Ok(())
+    };
+    within(deadline, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
 }
 
+/// Reads bytes of later pipelined requests into `buffer`, up to
+/// [`MAX_READ_AHEAD`], and returns once the client has closed the
+/// connection or it failed.
+///
+/// A client that shuts down only its sending side counts as gone too, as
+/// in nginx and Go's server: nothing tells that apart from a client that
+/// gave up.
+async fn read_ahead(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
+    while buffer.len() < MAX_READ_AHEAD {
+        match read_more(stream, buffer, MAX_READ_AHEAD - buffer.len()).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    future::pending::<()>().await
+}
+
+/// Writes the response with `Connection: close`, then lingers so it arrives intact.
+async fn send_and_close(
+    stream: &mut TcpStream,
+    response: &Response,
+    minor_version: u8,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) {
+    if write_response(stream, response, false, minor_version, limits, out).await {
+        linger(stream).await;
+    }
+}
+
+/// Writes the response within the write timeout; returns whether it all went out.
 async fn write_response(
     stream: &mut TcpStream,
     response: &Response,
     keep_alive: bool,
     minor_version: u8,
+    limits: &Limits,
     out: &mut Vec<u8>,
-) -> std::io::Result<()> {
+) -> bool {
     out.clear();
     response.encode(keep_alive, minor_version, out);
-    stream.write_all(out).await
+    let deadline = Instant::now() + limits.write_timeout;
+    matches!(within(deadline, stream.write_all(out)).await, Ok(Ok(())))
 }
 
 /// Shuts down the write side, then drains input until the client closes, for at most [`LINGER`].
 async fn linger(stream: &mut TcpStream) {
-    if stream.shutdown(Shutdown::Write).is_err() {
+    if stream.shutdown(Direction::Write).is_err() {
         return;
     }
     let drain = async {
@@ -200,22 +394,36 @@ async fn linger(stream: &mut TcpStream) {
             }
         }
     };
-    drain
-        .or(async {
-            Timer::after(LINGER).await;
-        })
-        .await;
+    let _ = within(Instant::now() + LINGER, drain).await;
+}
+
+/// The deadline passed before the work finished.
+struct TimedOut;
+
+/// Runs `work` until `deadline`.
+async fn within<T>(deadline: Instant, work: impl Future<Output = T>) -> Result<T, TimedOut> {
+    let expired = async {
+        Timer::at(deadline).await;
+        Err(TimedOut)
+    };
+    // The work is polled first, so a result ready in the same wakeup as the
+    // deadline still counts.
+    async { Ok(work.await) }.or(expired).await
 }
 
 /// Reads at most `limit` bytes onto the end of `buffer`.
-async fn read_into(
+///
+/// The bytes are read into a scratch array and copied over once the read
+/// completes, so a future dropped mid-read, as the losing side of a race,
+/// leaves `buffer` as it was.
+async fn read_more(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
     limit: usize,
-) -> std::io::Result<usize> {
-    let start = buffer.len();
-    buffer.resize(start + limit, 0);
-    let result = stream.read(&mut buffer[start..]).await;
-    buffer.truncate(start + *result.as_ref().unwrap_or(&0));
-    result
+) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let limit = limit.clamp(1, READ_CHUNK);
+    let read = stream.read(&mut chunk[..limit]).await?;
+    buffer.extend_from_slice(&chunk[..read]);
+    Ok(read)
 }
