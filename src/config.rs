@@ -177,20 +177,20 @@ const SERVE_OPTIONS: &[Spec] = &[
         env: "FANOUT_MAX_CONNECTIONS",
         value: Some("N"),
         help: "client connections open at once; more wait in the listen backlog",
-        default: "half the descriptor limit, less 64 reserved",
+        default: "(descriptor limit - 64) / 2",
     },
     Spec {
         flag: "--max-in-flight",
         env: "FANOUT_MAX_IN_FLIGHT",
         value: Some("N"),
         help: "API requests answered at once; more get 503",
-        default: "half the descriptor limit, less 64 reserved, over the descriptors per request",
+        default: "(descriptor limit - 64) / 2 / upstream sockets per request",
     },
     Spec {
         flag: "--header-timeout",
         env: "FANOUT_HEADER_TIMEOUT",
         value: Some("MS"),
-        help: "milliseconds to receive a request head and body from its first byte (408 after), and a new connection's first byte",
+        help: "milliseconds for a request head and body from its first byte (then 408), and for a new connection's first byte",
         default: "10000",
     },
     Spec {

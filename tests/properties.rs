@@ -16,7 +16,7 @@ use proptest::sample::{Index, select};
 
 /// Cases per property: enough to find framing slips at split points, few
 /// enough that the file stays fast.
-const CASES: u32 = 512;
+const CASES: u32 = 256;
 
 fn config() -> ProptestConfig {
     ProptestConfig::with_cases(CASES)

@@ -59,12 +59,17 @@ impl Api {
 
 impl Handler for Api {
     async fn handle(&self, request: &Request, received_at: Instant) -> Response {
-        let Some(route) = route(request.path()) else {
-            let message = format!(
-                "no route for path {:?}: the endpoints are /api/all and /api/first",
-                request.path()
-            );
-            return Response::error(404, &message);
+        let route = match request.path() {
+            "/api/all" => Route::Endpoint(Policy::All),
+            "/api/first" => Route::Endpoint(Policy::First),
+            "/healthz" => Route::Live,
+            "/readyz" => Route::Ready,
+            path => {
+                let message = format!(
+                    "no route for path {path:?}: the endpoints are /api/all and /api/first"
+                );
+                return Response::error(404, &message);
+            }
         };
         if request.method != "GET" {
             let message = format!(
@@ -85,10 +90,9 @@ impl Handler for Api {
         }
     }
 
-    /// Only the endpoints hold upstream sockets; health checks stay out of
-    /// the cap so they answer under overload.
+    /// Health checks stay out of the cap so they answer under overload.
     fn counts_in_flight(&self, request: &Request) -> bool {
-        matches!(route(request.path()), Some(Route::Endpoint(_)))
+        !matches!(request.path(), "/healthz" | "/readyz")
     }
 }
 
@@ -98,16 +102,6 @@ enum Route {
     Live,
     /// `/readyz`: ready to take traffic.
     Ready,
-}
-
-fn route(path: &str) -> Option<Route> {
-    match path {
-        "/api/all" => Some(Route::Endpoint(Policy::All)),
-        "/api/first" => Some(Route::Endpoint(Policy::First)),
-        "/healthz" => Some(Route::Live),
-        "/readyz" => Some(Route::Ready),
-        _ => None,
-    }
 }
 
 /// Maps a fan-out report to the endpoint's response.

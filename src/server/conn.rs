@@ -99,42 +99,17 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
             };
         let received_at = Instant::now();
 
-        let body = discard_body(&mut stream, &mut buffer, &request, deadline);
-        let (response, keep_alive) = match body.await {
-            Ok(()) => match answer(
-                &*handler,
-                &request,
-                received_at,
-                &mut stream,
-                &mut buffer,
-                shared,
-            )
-            .await
-            {
-                Some(response) => (response, request.keep_alive),
-                None => {
-                    // Dropping the handler's future closed its upstream connections.
-                    log::access(
-                        &request.method,
-                        request.path(),
-                        CLIENT_GONE,
-                        received_at.elapsed(),
-                        &[],
-                    );
-                    return;
-                }
-            },
-            Err(BodyError::TooLarge) => {
-                let message = format!(
-                    "request body of {} bytes not accepted: the endpoints take no body",
-                    request.content_length
-                );
-                (Response::error(413, &message), false)
-            }
-            Err(BodyError::TimedOut) => {
-                (ReadError::TimedOut.response(limits.header_timeout), false)
-            }
-            Err(BodyError::Closed) => return,
+        let answered = respond_to(
+            &*handler,
+            &request,
+            received_at,
+            deadline,
+            &mut stream,
+            &mut buffer,
+            shared,
+        );
+        let Some((response, keep_alive)) = answered.await else {
+            return;
         };
 
         // Once draining, each connection closes after the response it owes.
@@ -163,6 +138,45 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
             return;
         }
         idle_until = Instant::now() + limits.idle_timeout;
+    }
+}
+
+/// Reads the request's body by `deadline`, then answers it; returns the
+/// response and whether the connection may stay open, or `None` when the
+/// client has gone and there is no one to answer.
+async fn respond_to<H: Handler>(
+    handler: &H,
+    request: &Request,
+    received_at: Instant,
+    deadline: Instant,
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    shared: &Shared,
+) -> Option<(Response, bool)> {
+    match discard_body(stream, buffer, request, deadline).await {
+        Ok(()) => {}
+        Err(BodyError::TooLarge) => {
+            let message = format!(
+                "request body of {} bytes not accepted: the endpoints take no body",
+                request.content_length
+            );
+            return Some((Response::error(413, &message), false));
+        }
+        Err(BodyError::TimedOut) => {
+            let response = ReadError::TimedOut.response(shared.limits.header_timeout);
+            return Some((response, false));
+        }
+        Err(BodyError::Closed) => return None,
+    }
+
+    match answer(handler, request, received_at, stream, buffer, shared).await {
+        Some(response) => Some((response, request.keep_alive)),
+        None => {
+            // Dropping the handler's future closed its upstream connections.
+            let elapsed = received_at.elapsed();
+            log::access(&request.method, request.path(), CLIENT_GONE, elapsed, &[]);
+            None
+        }
     }
 }
 
@@ -250,7 +264,10 @@ async fn next_request(
             }
         };
         let stop = async {
-            Timer::at(idle_until).or(draining(&shared.shutdown)).await;
+            let idle = async {
+                Timer::at(idle_until).await;
+            };
+            idle.or(shared.shutdown.draining()).await;
             Err(ReadError::Closed)
         };
         // The read is polled first: a request that arrives as the idle
@@ -263,12 +280,6 @@ async fn next_request(
         Ok(result) => result.map(|request| (request, deadline)),
         Err(TimedOut) => Err(ReadError::TimedOut),
     }
-}
-
-/// Completes when draining begins, with the time it noticed, to match [`Timer`]'s output.
-async fn draining(shutdown: &Shutdown) -> Instant {
-    shutdown.draining().await;
-    Instant::now()
 }
 
 /// Reads until `buffer` starts with a complete head, and takes it off.
