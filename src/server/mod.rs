@@ -6,6 +6,7 @@
 //! every response.
 
 mod conn;
+mod io;
 mod limits;
 mod request;
 mod response;
