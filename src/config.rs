@@ -49,7 +49,7 @@ pub struct Config {
     pub simulate: Option<SimulatorConfig>,
     /// Client connections open at once; `None` derives it from the descriptor limit.
     pub max_connections: Option<usize>,
-    /// API requests answered at once; `None` derives it from the descriptor limit.
+    /// API requests handled at once; `None` derives it from the descriptor limit.
     pub max_in_flight: Option<usize>,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
@@ -183,7 +183,7 @@ const SERVE_OPTIONS: &[Spec] = &[
         flag: "--max-in-flight",
         env: "FANOUT_MAX_IN_FLIGHT",
         value: Some("N"),
-        help: "API requests answered at once; more get 503",
+        help: "API requests handled at once; more get 503",
         default: "(descriptor limit - 64) / 2 / upstream sockets per request",
     },
     Spec {

@@ -121,7 +121,7 @@ fn settle(expected: usize, count: impl Fn() -> usize) -> usize {
 }
 
 #[test]
-fn chaos_leaks_no_descriptor_or_upstream_connection() {
+fn chaos_leaks_no_descriptors_or_connections() {
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
     let script = (0..REQUESTS * 4).map(|_| chaotic_step(&mut rng)).collect();

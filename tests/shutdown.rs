@@ -26,7 +26,7 @@ fn wait_refused(gateway: &Gateway) -> Duration {
 }
 
 #[test]
-fn sigterm_lets_in_flight_request_finish_then_exits_0() {
+fn sigterm_finishes_in_flight_then_exits_0() {
     let upstream = FakeUpstream::start(vec![Step::ok(600, r#"{"time": 600}"#)]);
     let mut gateway = Gateway::start(&["--upstream", &upstream.url(), "--fanout", "1"]);
     let mut stream = gateway.connect();

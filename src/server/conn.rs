@@ -10,7 +10,7 @@ use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
-use super::io::{READ_CHUNK, TimedOut, linger, read_ahead, read_more, within};
+use super::io::{READ_CHUNK, TimedOut, linger, read_ahead, read_more, reset_on_close, within};
 use super::limits::Limits;
 use super::request::{self, MAX_HEAD, ParseError, Request};
 use super::shutdown::Shutdown;
@@ -24,13 +24,13 @@ const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 /// The interim response sent to a client that waits for it before its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// The status logged for a request whose client left before the answer, as nginx does.
+/// The status logged for a request whose client left before the response, as nginx does.
 const CLIENT_GONE: u16 = 499;
 
-/// What every connection of one server shares.
+/// State that every connection of one server shares.
 pub(super) struct Shared {
     pub limits: Limits,
-    /// One permit per request being answered that counts against the cap.
+    /// One permit per request in progress that counts against the cap.
     pub in_flight: Arc<Semaphore>,
     pub shutdown: Shutdown,
 }
@@ -121,9 +121,10 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
     }
 }
 
-/// Reads the request's body by `deadline`, then answers it; returns the
-/// response and whether the connection may stay open, or `None` when the
-/// client has gone and there is no one to answer.
+/// Reads the request's body by `deadline`, then handles the request.
+///
+/// Returns the response and whether the connection may stay open, or
+/// `None` when the client has left and no response can reach it.
 async fn respond_to<H: Handler>(
     handler: &H,
     request: &Request,
@@ -182,13 +183,13 @@ async fn answer<H: Handler>(
     };
 
     let handled = async { Some(handler.handle(request, received_at).await) };
-    let gone = async {
+    let client_left = async {
         read_ahead(stream, buffer).await;
         None
     };
     // The handler is polled first, so an answer ready in the same wakeup as
     // the client's close is still logged with its real status.
-    handled.or(gone).await
+    handled.or(client_left).await
 }
 
 fn overloaded(max_in_flight: usize) -> Response {
@@ -198,7 +199,7 @@ fn overloaded(max_in_flight: usize) -> Response {
     Response::error(503, &message).with_header("Retry-After", "1")
 }
 
-/// Why no request came from the connection.
+/// The reason no request came from the connection.
 enum ReadError {
     /// The client closed the connection, the socket failed, the connection
     /// sat idle too long, or the server is draining: close without a word.
@@ -339,6 +340,9 @@ async fn send_and_close(
 }
 
 /// Writes the response within the write timeout; returns whether it all went out.
+///
+/// After a timeout the connection is set to reset when it closes, since
+/// the client is not reading what is already queued.
 async fn write_response(
     stream: &mut TcpStream,
     response: &Response,
@@ -350,5 +354,11 @@ async fn write_response(
     out.clear();
     response.encode(keep_alive, minor_version, out);
     let deadline = Instant::now() + limits.write_timeout;
-    matches!(within(deadline, stream.write_all(out)).await, Ok(Ok(())))
+    match within(deadline, stream.write_all(out)).await {
+        Ok(result) => result.is_ok(),
+        Err(TimedOut) => {
+            reset_on_close(stream);
+            false
+        }
+    }
 }

@@ -65,6 +65,16 @@ pub(super) async fn linger(stream: &mut TcpStream) {
     let _ = within(Instant::now() + LINGER, drain).await;
 }
 
+/// Makes the coming close of `stream` reset the connection.
+///
+/// A plain close leaves the kernel delivering whatever is still queued,
+/// which to a client that stopped reading takes minutes and holds up to a
+/// send buffer of memory; a reset drops it at once.
+pub(super) fn reset_on_close(stream: &TcpStream) {
+    // On failure the close is an ordinary one, which still ends the connection.
+    let _ = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO));
+}
+
 /// The deadline passed before the work finished.
 pub(super) struct TimedOut;
 

@@ -391,7 +391,7 @@ impl FakeUpstream {
         }
     }
 
-    /// How many connections are open: accepted, and not yet closed by the client or reset.
+    /// Counts the connections that are open: accepted, and not yet closed by the client or reset.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
