@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::log::{Format, Level};
+use crate::server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
 use crate::simulator::SimulatorConfig;
 use crate::upstream::UpstreamUrl;
 
@@ -39,6 +40,11 @@ pub struct LogConfig {
     pub max_level: Option<Level>,
 }
 
+/// The largest `--max-connections` and `--max-in-flight` accepted. No
+/// descriptor limit on Linux reaches past about a million, so a larger cap
+/// could never be used.
+const MAX_CAP: u64 = 1_000_000;
+
 /// The gateway's configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -56,12 +62,20 @@ pub struct Config {
     pub log: LogConfig,
     /// How often the upstream summary is logged while there is traffic.
     pub summary_interval: Duration,
+    /// Client connections open at once; `None` derives it from the descriptor limit.
+    pub max_connections: Option<usize>,
+    /// API requests handled at once; `None` derives it from the descriptor limit.
+    pub max_in_flight: Option<usize>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Serve(Config),
+    /// Boxed, since a configuration is far larger than the other variants.
+    Serve(Box<Config>),
     /// Run only the simulated upstream, on this address.
     Simulate {
         listen: SocketAddr,
@@ -128,6 +142,11 @@ const LOG_LEVEL_SPEC: Spec = Spec {
     help: "least severe level logged: error, warn, info, debug, or off",
     default: "info",
 };
+const MAX_CONNECTIONS: usize = 12;
+const MAX_IN_FLIGHT: usize = 13;
+const HEADER_TIMEOUT: usize = 14;
+const IDLE_TIMEOUT: usize = 15;
+const WRITE_TIMEOUT: usize = 16;
 
 const SERVE_OPTIONS: &[Spec] = &[
     Spec {
@@ -201,6 +220,41 @@ const SERVE_OPTIONS: &[Spec] = &[
         value: Some("SECONDS"),
         help: "how often the last minute's upstream summary is logged while there is traffic",
         default: "60",
+    },
+    Spec {
+        flag: "--max-connections",
+        env: "FANOUT_MAX_CONNECTIONS",
+        value: Some("N"),
+        help: "client connections open at once; more wait in the listen backlog",
+        default: "(descriptor limit - 64) / 2",
+    },
+    Spec {
+        flag: "--max-in-flight",
+        env: "FANOUT_MAX_IN_FLIGHT",
+        value: Some("N"),
+        help: "API requests handled at once; more get 503",
+        default: "(descriptor limit - 64) / 2 / upstream sockets per request",
+    },
+    Spec {
+        flag: "--header-timeout",
+        env: "FANOUT_HEADER_TIMEOUT",
+        value: Some("MS"),
+        help: "milliseconds for a request head and body from its first byte (then 408), and for a new connection's first byte",
+        default: "10000",
+    },
+    Spec {
+        flag: "--idle-timeout",
+        env: "FANOUT_IDLE_TIMEOUT",
+        value: Some("MS"),
+        help: "milliseconds a kept-alive connection may wait for its next request",
+        default: "75000",
+    },
+    Spec {
+        flag: "--write-timeout",
+        env: "FANOUT_WRITE_TIMEOUT",
+        value: Some("MS"),
+        help: "milliseconds to write one response before the connection is closed",
+        default: "10000",
     },
 ];
 
@@ -469,7 +523,7 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
         ..SimulatorConfig::default()
     };
 
-    Ok(Command::Serve(Config {
+    let config = Config {
         listen: values
             .address(LISTEN)?
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -488,7 +542,24 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
                 crate::observe::DEFAULT_SUMMARY_INTERVAL,
                 Duration::from_secs,
             ),
-    }))
+        max_connections: values
+            .number(MAX_CONNECTIONS, 1..=MAX_CAP)?
+            .map(|n| n as usize),
+        max_in_flight: values
+            .number(MAX_IN_FLIGHT, 1..=MAX_CAP)?
+            .map(|n| n as usize),
+        header_timeout: millis(values, HEADER_TIMEOUT, DEFAULT_HEADER_TIMEOUT)?,
+        idle_timeout: millis(values, IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT)?,
+        write_timeout: millis(values, WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT)?,
+    };
+    Ok(Command::Serve(Box::new(config)))
+}
+
+/// Reads a duration in milliseconds, from 1 ms to one day.
+fn millis(values: &Values<'_>, index: usize, default: Duration) -> Result<Duration, ConfigError> {
+    Ok(values
+        .number(index, 1..=MAX_MAX_TIMEOUT_MS)?
+        .map_or(default, Duration::from_millis))
 }
 
 fn simulate_command(values: &Values<'_>) -> Result<Command, ConfigError> {
@@ -605,7 +676,7 @@ mod tests {
 
     fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
         match parse_args(args, env) {
-            Ok(Command::Serve(config)) => config,
+            Ok(Command::Serve(config)) => *config,
             other => panic!("expected a serve command, got {other:?}"),
         }
     }
@@ -622,6 +693,37 @@ mod tests {
         assert_eq!(config.log.format, Format::Json);
         assert_eq!(config.log.max_level, Some(Level::Info));
         assert_eq!(config.summary_interval, Duration::from_secs(60));
+        assert_eq!(config.max_connections, None);
+        assert_eq!(config.max_in_flight, None);
+        for (index, value) in [
+            (HEADER_TIMEOUT, config.header_timeout),
+            (IDLE_TIMEOUT, config.idle_timeout),
+            (WRITE_TIMEOUT, config.write_timeout),
+        ] {
+            assert_eq!(
+                SERVE_OPTIONS[index].default,
+                value.as_millis().to_string(),
+                "{}",
+                SERVE_OPTIONS[index].flag
+            );
+        }
+    }
+
+    #[test]
+    fn reads_limits_from_flags_and_environment() {
+        let config = serve(
+            &["--max-connections", "100", "--header-timeout=250"],
+            &[
+                ("FANOUT_MAX_IN_FLIGHT", "7"),
+                ("FANOUT_IDLE_TIMEOUT", "500"),
+                ("FANOUT_WRITE_TIMEOUT", "60"),
+            ],
+        );
+        assert_eq!(config.max_connections, Some(100));
+        assert_eq!(config.max_in_flight, Some(7));
+        assert_eq!(config.header_timeout, Duration::from_millis(250));
+        assert_eq!(config.idle_timeout, Duration::from_millis(500));
+        assert_eq!(config.write_timeout, Duration::from_millis(60));
     }
 
     #[test]
@@ -717,6 +819,31 @@ mod tests {
                 &["--summary-interval", "0"],
                 &[],
                 "invalid --summary-interval \"0\": expected a whole number from 1 to 86400",
+            ),
+            (
+                &["--max-connections", "0"],
+                &[],
+                "invalid --max-connections \"0\": expected a whole number from 1 to 1000000",
+            ),
+            (
+                &[],
+                &[("FANOUT_MAX_IN_FLIGHT", "lots")],
+                "invalid --max-in-flight \"lots\" (from FANOUT_MAX_IN_FLIGHT): expected a whole number from 1 to 1000000",
+            ),
+            (
+                &["--header-timeout", "0"],
+                &[],
+                "invalid --header-timeout \"0\": expected a whole number from 1 to 86400000",
+            ),
+            (
+                &["--idle-timeout", "1s"],
+                &[],
+                "invalid --idle-timeout \"1s\": expected a whole number from 1 to 86400000",
+            ),
+            (
+                &["--write-timeout", ""],
+                &[],
+                "invalid --write-timeout \"\": expected a whole number from 1 to 86400000",
             ),
         ];
         for (args, env, expected) in cases {

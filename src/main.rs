@@ -1,5 +1,8 @@
-//! The `fanout` command: parse options, start the runtime, serve until SIGTERM or SIGINT.
+//! The `fanout` command: parse options, start the runtime, serve until
+//! SIGTERM or SIGINT, then drain.
 
+use std::future::Future;
+use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -8,6 +11,7 @@ use async_signal::{Signal, Signals};
 use fanout::api::Api;
 use fanout::config::{self, Command, Config};
 use fanout::log::{self, Level};
+use fanout::server::{Limits, Shutdown};
 use fanout::simulator::{self, SimulatorConfig};
 use fanout::upstream::{Client, UpstreamUrl};
 use fanout::{healthcheck, observe, runtime, server};
@@ -50,7 +54,7 @@ fn main() -> ExitCode {
             println!("fanout {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         Command::Simulate {
             listen,
             simulator,
@@ -79,6 +83,8 @@ fn run_healthcheck(listen: std::net::SocketAddr, timeout: std::time::Duration) -
 
 fn serve(config: Config) -> ExitCode {
     let threads = config.threads;
+    let descriptors = server::raise_descriptor_limit();
+    let limits = limits(&config, descriptors);
     runtime::run(threads, |executor| async move {
         let listener = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
@@ -128,14 +134,64 @@ fn serve(config: Config) -> ExitCode {
                 ("fanout", &config.fanout),
                 ("max_timeout_ms", &config.max_timeout_ms),
                 ("threads", &threads),
+                ("max_connections", &limits.max_connections),
+                ("max_in_flight", &limits.max_in_flight),
+                ("descriptor_limit", &Limit(descriptors)),
             ],
         );
         executor
             .spawn(observe::report_periodically(config.summary_interval))
             .detach();
-        let api = Arc::new(Api::new(client, config.fanout, config.max_timeout_ms));
-        run_until_signal(server::serve(listener, api, executor)).await
+        let shutdown = Shutdown::new();
+        let api =
+            Api::new(client, config.fanout, config.max_timeout_ms).with_shutdown(shutdown.clone());
+        let serving = server::serve(listener, Arc::new(api), executor, limits, shutdown.clone());
+        run_until_signal(serving, Some(shutdown)).await
     })
+}
+
+/// Builds the server's limits, deriving the caps not given from the descriptor limit.
+fn limits(config: &Config, descriptors: Option<u64>) -> Limits {
+    // The in-process simulator holds the other end of each upstream socket.
+    let per_attempt = if config.simulate.is_some() { 2 } else { 1 };
+    let per_request = config.fanout as u64 * per_attempt;
+    let (connections, in_flight) = server::default_caps(descriptors, per_request);
+    let limits = Limits {
+        max_connections: config.max_connections.unwrap_or(connections),
+        max_in_flight: config.max_in_flight.unwrap_or(in_flight),
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
+    };
+    if !server::caps_fit(
+        descriptors,
+        per_request,
+        limits.max_connections,
+        limits.max_in_flight,
+    ) {
+        log::event(
+            Level::Warn,
+            "caps exceed the descriptor limit; accepts may fail with EMFILE under load",
+            &[
+                ("max_connections", &limits.max_connections),
+                ("max_in_flight", &limits.max_in_flight),
+                ("descriptor_limit", &Limit(descriptors)),
+            ],
+        );
+    }
+    limits
+}
+
+/// A resource limit for the log, where `None` is unlimited.
+struct Limit(Option<u64>);
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(limit) => write!(f, "{limit}"),
+            None => f.write_str("unlimited"),
+        }
+    }
 }
 
 fn simulate(listen: std::net::SocketAddr, simulator: SimulatorConfig, threads: usize) -> ExitCode {
@@ -144,7 +200,7 @@ fn simulate(listen: std::net::SocketAddr, simulator: SimulatorConfig, threads: u
             Ok(listener) => listener,
             Err(error) => return startup_failed("cannot listen", &listen, &error),
         };
-        run_until_signal(simulator::run(listener, simulator, executor)).await
+        run_until_signal(simulator::run(listener, simulator, executor), None).await
     })
 }
 
@@ -161,8 +217,13 @@ async fn start_simulator(
     Ok(UpstreamUrl::parse(&url).expect("a loopback URL is valid"))
 }
 
-/// Runs `work` until SIGTERM or SIGINT arrives, then exits with status 0.
-async fn run_until_signal(work: impl std::future::Future<Output = ()>) -> ExitCode {
+/// Runs `work` until SIGTERM or SIGINT arrives.
+///
+/// Without a `shutdown`, the signal ends the process with status 0 at once.
+/// With one, the signal begins draining and `work` runs on until it has
+/// finished, which gives status 0; a second signal stops at once with
+/// status 1.
+async fn run_until_signal(work: impl Future<Output = ()>, shutdown: Option<Shutdown>) -> ExitCode {
     // Installing handlers matters when fanout is PID 1 in a container: there
     // the kernel ignores SIGTERM for a process that has no handler.
     let mut signals = match Signals::new([Signal::Term, Signal::Int]) {
@@ -176,25 +237,52 @@ async fn run_until_signal(work: impl std::future::Future<Output = ()>) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    let stopped_by = async {
-        let signal = signals.next().await;
-        Some(signal)
+    let mut work = pin!(work);
+
+    let Some(signal) = until_signal(work.as_mut(), &mut signals).await else {
+        return ExitCode::FAILURE;
     };
-    let work = async {
+    let Some(shutdown) = shutdown else {
+        log::event(Level::Info, "stopping", &[("signal", &signal)]);
+        return ExitCode::SUCCESS;
+    };
+    log::event(Level::Info, "draining", &[("signal", &signal)]);
+    shutdown.begin();
+
+    match until_signal(work, &mut signals).await {
+        None => {
+            log::event(Level::Info, "stopped", &[]);
+            ExitCode::SUCCESS
+        }
+        Some(signal) => {
+            log::event(
+                Level::Warn,
+                "stopping without draining",
+                &[("signal", &signal)],
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Polls `work` until it finishes, giving `None`, or a signal arrives, giving its name.
+async fn until_signal(
+    work: impl Future<Output = ()>,
+    signals: &mut Signals,
+) -> Option<&'static str> {
+    let finished = async {
         work.await;
         None
     };
-    match work.or(stopped_by).await {
-        Some(signal) => {
-            let name = match signal {
-                Some(Ok(Signal::Int)) => "SIGINT",
-                _ => "SIGTERM",
-            };
-            log::event(Level::Info, "stopping", &[("signal", &name)]);
-            ExitCode::SUCCESS
+    let signalled = async {
+        match signals.next().await {
+            Some(Ok(Signal::Int)) => Some("SIGINT"),
+            _ => Some("SIGTERM"),
         }
-        None => ExitCode::FAILURE,
-    }
+    };
+    // The work is polled first, so a drain that completes in the same
+    // wakeup as a second signal still exits with status 0.
+    finished.or(signalled).await
 }
 
 fn startup_failed(what: &str, address: &dyn std::fmt::Display, error: &std::io::Error) -> ExitCode {

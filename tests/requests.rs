@@ -3,10 +3,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
-use support::{FakeUpstream, Gateway, Step, exchange, parse_response, run_fanout, send_raw};
+use support::{
+    FakeUpstream, Gateway, Step, exchange, parse_response, read_one_response, run_fanout, send_raw,
+};
 
 /// Starts a gateway whose upstream always responds at once, for tests that never reach it or do not care.
 fn gateway() -> (FakeUpstream, Gateway) {
@@ -327,33 +329,4 @@ fn help_describes_every_option() {
         assert!(help.contains(option), "{option} missing from help");
     }
     assert!(help.contains("milliseconds"));
-}
-
-/// Reads exactly one Content-Length framed response from a kept-alive connection.
-fn read_one_response(stream: &mut TcpStream) -> support::HttpResponse {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).unwrap(),
-            1,
-            "connection closed inside a head: {:?}",
-            String::from_utf8_lossy(&raw)
-        );
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-    let length: usize = head
-        .split("content-length: ")
-        .nth(1)
-        .unwrap()
-        .split("\r\n")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).unwrap();
-    raw.extend_from_slice(&body);
-    parse_response(&raw).unwrap()
 }

@@ -9,7 +9,7 @@ pub use self::query::{QueryError, QueryErrorMessage, parse_timeout};
 use crate::fanout::{self, Attempt, Failure, Outcome, Policy, Report};
 use crate::log::AttemptRecord;
 use crate::observe::{self, SpanId};
-use crate::server::{Handler, Request, Response};
+use crate::server::{Handler, Request, Response, Shutdown};
 use crate::upstream::Client;
 
 /// The routes and everything the endpoints need to answer.
@@ -17,6 +17,8 @@ pub struct Api {
     client: Client,
     fanout: usize,
     max_timeout_ms: u64,
+    /// Once it drains, `/readyz` answers 503.
+    shutdown: Shutdown,
 }
 
 impl Api {
@@ -26,7 +28,14 @@ impl Api {
             client,
             fanout,
             max_timeout_ms,
+            shutdown: Shutdown::new(),
         }
+    }
+
+    /// Makes `/readyz` answer 503 once `shutdown` begins draining.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Api {
+        self.shutdown = shutdown;
+        self
     }
 
     async fn endpoint(&self, policy: Policy, request: &Request, received_at: Instant) -> Response {
@@ -63,7 +72,8 @@ impl Handler for Api {
         let route = match request.path() {
             "/api/all" => Route::Endpoint(Policy::All),
             "/api/first" => Route::Endpoint(Policy::First),
-            "/healthz" | "/readyz" => Route::Health,
+            "/healthz" => Route::Live,
+            "/readyz" => Route::Ready,
             "/metrics" => Route::Metrics,
             "/debug/upstream" => Route::DebugUpstream,
             path => {
@@ -83,19 +93,33 @@ impl Handler for Api {
         }
         match route {
             Route::Endpoint(policy) => self.endpoint(policy, request, received_at).await,
-            // The process answers, so it is alive and ready; nothing else
-            // gates traffic yet.
-            Route::Health => Response::json(200, b"{\"status\":\"ok\"}".to_vec()),
+            Route::Ready if self.shutdown.is_draining() => Response::error(
+                503,
+                "draining: fanout is shutting down and takes no new connections",
+            ),
+            // The process answers, so it is alive, and not draining, so ready.
+            Route::Live | Route::Ready => Response::json(200, b"{\"status\":\"ok\"}".to_vec()),
             Route::Metrics => observe::metrics_response(),
             Route::DebugUpstream => observe::upstream_response(),
         }
+    }
+
+    /// Health checks and monitoring stay out of the cap, so an operator can
+    /// still see the gateway while it sheds load.
+    fn counts_in_flight(&self, request: &Request) -> bool {
+        !matches!(
+            request.path(),
+            "/healthz" | "/readyz" | "/metrics" | "/debug/upstream"
+        )
     }
 }
 
 enum Route {
     Endpoint(Policy),
-    /// `/healthz` (alive) and `/readyz` (ready to take traffic).
-    Health,
+    /// `/healthz`: the process is alive.
+    Live,
+    /// `/readyz`: ready to take traffic.
+    Ready,
     /// Prometheus metrics.
     Metrics,
     /// The last minute of upstream attempts, summarized.

@@ -1,17 +1,19 @@
 //! One client connection: read a request, answer it, and repeat while the
-//! connection is kept alive.
+//! connection is kept alive, each step bounded by the server's timeouts.
 
-use std::net::Shutdown;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use smol::lock::{Semaphore, SemaphoreGuardArc};
 
+use super::io::{READ_CHUNK, TimedOut, linger, read_ahead, read_more, reset_on_close, within};
+use super::limits::Limits;
 use super::request::{self, MAX_HEAD, ParseError, Request};
+use super::shutdown::Shutdown;
 use super::{Handler, Response};
 use crate::log::{self, Level};
 use crate::observe::{self, REQUEST_ID_HEADER};
@@ -20,25 +22,33 @@ use crate::observe::{self, REQUEST_ID_HEADER};
 /// reused. The endpoints take no body, so a larger one is rejected with 413.
 const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 
-/// How long a closing connection keeps reading after the last response.
-/// Closing a socket with unread input makes the kernel send a reset, which
-/// can destroy the response before the client reads it; draining first lets
-/// the response arrive intact.
-const LINGER: Duration = Duration::from_secs(1);
+/// The interim response sent to a client that waits for it before its body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// The most bytes drained while lingering, so a client cannot hold the task with a stream of data.
-const LINGER_MAX_BYTES: usize = 64 * 1024;
+/// The status logged for a request whose client left before the response, as nginx does.
+const CLIENT_GONE: u16 = 499;
 
-/// The size of each read from a client socket.
-const READ_CHUNK: usize = 4096;
+/// State that every connection of one server shares.
+pub(super) struct Shared {
+    pub limits: Limits,
+    /// One permit per request in progress that counts against the cap.
+    pub in_flight: Arc<Semaphore>,
+    pub shutdown: Shutdown,
+}
 
-/// Serves `stream` until the client closes it, an error occurs, or a response closes it.
+/// Serves `stream` until the client closes it, an error or timeout occurs, or a response closes it.
 ///
 /// This is the error boundary for a connection: nothing that happens here,
 /// a panic included, reaches the accept loop.
-pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
+pub(super) async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    shared: Arc<Shared>,
+) {
     let _open = observe::OpenConnection::open();
-    let result = AssertUnwindSafe(run(stream, handler)).catch_unwind().await;
+    let result = AssertUnwindSafe(run(stream, handler, &shared))
+        .catch_unwind()
+        .await;
     if result.is_err() {
         log::event(
             Level::Error,
@@ -48,176 +58,313 @@ pub async fn serve_connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
     }
 }
 
-async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
+async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared) {
     // Responses are written whole, so Nagle's delay would only add latency.
     let _ = stream.set_nodelay(true);
+    let limits = &shared.limits;
     let mut buffer = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::new();
+    // A client that opens a connection has a request to send, so the wait
+    // for its first byte gets the header timeout, not the idle one.
+    let mut idle_until = Instant::now() + limits.header_timeout;
     loop {
-        let request = match read_request(&mut stream, &mut buffer).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Parse(error)) => {
-                let request_id = observe::new_request_id();
-                let response = Response::error(error.status(), &error.to_string())
-                    .with_header(REQUEST_ID_HEADER, request_id.clone());
-                if write_response(&mut stream, &response, false, 1, &mut out)
-                    .await
-                    .is_ok()
-                {
-                    linger(&mut stream).await;
+        let (request, deadline) =
+            match next_request(&mut stream, &mut buffer, idle_until, shared).await {
+                Ok(next) => next,
+                Err(ReadError::Closed) => return,
+                Err(error) => {
+                    let request_id = observe::new_request_id();
+                    let response = error
+                        .response(limits.header_timeout)
+                        .with_header(REQUEST_ID_HEADER, request_id.clone());
+                    send_and_close(&mut stream, &response, 1, limits, &mut out).await;
+                    observe::unparsed_request_finished(&request_id, &response);
+                    return;
                 }
-                observe::unparsed_request_finished(&request_id, &response);
-                return;
-            }
-        };
+            };
         let received_at = Instant::now();
         let in_flight = observe::request_started(&request);
 
-        let (response, keep_alive) =
-            match discard_body(&mut stream, &mut buffer, request.content_length).await {
-                Ok(()) => (
-                    handler.handle(&request, received_at).await,
-                    request.keep_alive,
-                ),
-                Err(DiscardError::TooLarge) => {
-                    let message = format!(
-                        "request body of {} bytes not accepted: the endpoints take no body",
-                        request.content_length
-                    );
-                    (Response::error(413, &message), false)
-                }
-                Err(DiscardError::Closed) => return,
-            };
+        let answered = respond_to(
+            &*handler,
+            &request,
+            received_at,
+            deadline,
+            &mut stream,
+            &mut buffer,
+            shared,
+        );
+        let Some((response, keep_alive)) = answered.await else {
+            return;
+        };
         let response = response.with_header(REQUEST_ID_HEADER, request.request_id.clone());
 
+        // Once draining, each connection closes after the response it owes.
+        let keep_alive = keep_alive && !shared.shutdown.is_draining();
         let written = write_response(
             &mut stream,
             &response,
             keep_alive,
             request.minor_version,
+            limits,
             &mut out,
         )
         .await;
         // The request stops counting as in flight once written, before any linger.
         drop(in_flight);
         observe::request_finished(&request, &response, received_at.elapsed());
-        if written.is_err() {
+        if !written {
             return;
         }
         if !keep_alive {
             linger(&mut stream).await;
             return;
         }
+        idle_until = Instant::now() + limits.idle_timeout;
     }
 }
 
+/// Reads the request's body by `deadline`, then handles the request.
+///
+/// Returns the response and whether the connection may stay open, or
+/// `None` when the client has left and no response can reach it.
+async fn respond_to<H: Handler>(
+    handler: &H,
+    request: &Request,
+    received_at: Instant,
+    deadline: Instant,
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    shared: &Shared,
+) -> Option<(Response, bool)> {
+    match discard_body(stream, buffer, request, deadline).await {
+        Ok(()) => {}
+        Err(BodyError::TooLarge) => {
+            let message = format!(
+                "request body of {} bytes not accepted: the endpoints take no body",
+                request.content_length
+            );
+            return Some((Response::error(413, &message), false));
+        }
+        Err(BodyError::TimedOut) => {
+            let response = ReadError::TimedOut.response(shared.limits.header_timeout);
+            return Some((response, false));
+        }
+        Err(BodyError::Closed) => return None,
+    }
+
+    match answer(handler, request, received_at, stream, buffer, shared).await {
+        Some(response) => Some((response, request.keep_alive)),
+        None => {
+            // Dropping the handler's future closed its upstream connections.
+            let gone = Response::json(CLIENT_GONE, Vec::new());
+            observe::request_finished(request, &gone, received_at.elapsed());
+            None
+        }
+    }
+}
+
+/// Answers `request`, unless the in-flight cap is reached, while reading ahead on the connection.
+///
+/// Returns `None` when the client closed the connection first; the
+/// handler's future is dropped then, which cancels its upstream requests.
+async fn answer<H: Handler>(
+    handler: &H,
+    request: &Request,
+    received_at: Instant,
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    shared: &Shared,
+) -> Option<Response> {
+    let _permit: Option<SemaphoreGuardArc> = if handler.counts_in_flight(request) {
+        match shared.in_flight.try_acquire_arc() {
+            Some(permit) => Some(permit),
+            None => {
+                observe::record_shed();
+                return Some(overloaded(shared.limits.max_in_flight));
+            }
+        }
+    } else {
+        None
+    };
+
+    let handled = async { Some(handler.handle(request, received_at).await) };
+    let client_left = async {
+        read_ahead(stream, buffer).await;
+        None
+    };
+    // The handler is polled first, so an answer ready in the same wakeup as
+    // the client's close is still logged with its real status.
+    handled.or(client_left).await
+}
+
+fn overloaded(max_in_flight: usize) -> Response {
+    let message = format!(
+        "overloaded: {max_in_flight} requests already in flight, the most this gateway takes; retry later"
+    );
+    Response::error(503, &message).with_header("Retry-After", "1")
+}
+
+/// The reason no request came from the connection.
 enum ReadError {
-    /// The client closed the connection or the socket failed mid-request.
+    /// The client closed the connection, the socket failed, the connection
+    /// sat idle too long, or the server is draining: close without a word.
     Closed,
+    /// Part of a head arrived, but not all of it within the header timeout.
+    TimedOut,
     Parse(ParseError),
 }
 
-/// Reads one request head, keeping any bytes past it in `buffer` for the next request.
-///
-/// Returns `None` when the client closes the connection between requests.
-async fn read_request(
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-) -> Result<Option<Request>, ReadError> {
-    loop {
-        if !buffer.is_empty() {
-            if let Some((request, length)) = request::parse(buffer).map_err(ReadError::Parse)? {
-                buffer.drain(..length);
-                return Ok(Some(request));
+impl ReadError {
+    fn response(&self, header_timeout: Duration) -> Response {
+        match self {
+            ReadError::Parse(error) => Response::error(error.status(), &error.to_string()),
+            _ => {
+                let message = format!(
+                    "request not complete within {} ms of its first byte",
+                    header_timeout.as_millis()
+                );
+                Response::error(408, &message)
             }
         }
+    }
+}
+
+/// Waits for the first byte of the next request until `idle_until`, then
+/// reads its head within the header timeout, keeping any bytes past it in
+/// `buffer` for the next request.
+///
+/// Returns the request and the deadline for its body: the header timeout
+/// counts from the first byte of the request, or from the moment the server
+/// takes it up when it was pipelined and already buffered.
+async fn next_request(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    idle_until: Instant,
+    shared: &Shared,
+) -> Result<(Request, Instant), ReadError> {
+    if buffer.is_empty() {
+        let first_byte = async {
+            match read_more(stream, buffer, READ_CHUNK).await {
+                Ok(0) | Err(_) => Err(ReadError::Closed),
+                Ok(_) => Ok(()),
+            }
+        };
+        let stop = async {
+            let idle = async {
+                Timer::at(idle_until).await;
+            };
+            idle.or(shared.shutdown.draining()).await;
+            Err(ReadError::Closed)
+        };
+        // The read is polled first: a request that arrives as the idle
+        // timeout or the drain begins is served rather than cut off.
+        first_byte.or(stop).await?;
+    }
+
+    let deadline = Instant::now() + shared.limits.header_timeout;
+    match within(deadline, read_head(stream, buffer)).await {
+        Ok(result) => result.map(|request| (request, deadline)),
+        Err(TimedOut) => Err(ReadError::TimedOut),
+    }
+}
+
+/// Reads until `buffer` starts with a complete head, and takes it off.
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Request, ReadError> {
+    loop {
+        if let Some((request, length)) = request::parse(buffer).map_err(ReadError::Parse)? {
+            buffer.drain(..length);
+            return Ok(request);
+        }
         // Reading at most up to the head limit keeps the buffer bounded.
-        let room = (MAX_HEAD + 1)
-            .saturating_sub(buffer.len())
-            .clamp(1, READ_CHUNK);
-        match read_into(stream, buffer, room).await {
-            Ok(0) if buffer.is_empty() => return Ok(None),
+        let room = (MAX_HEAD + 1).saturating_sub(buffer.len());
+        match read_more(stream, buffer, room).await {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}
         }
     }
 }
 
-enum DiscardError {
+enum BodyError {
     TooLarge,
+    TimedOut,
     Closed,
 }
 
-/// Reads and drops a request body of `length` bytes, part of which may already be in `buffer`.
+/// Reads and drops the request's body, part of which may already be in
+/// `buffer`, by `deadline`.
 async fn discard_body(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
-    length: u64,
-) -> Result<(), DiscardError> {
+    request: &Request,
+    deadline: Instant,
+) -> Result<(), BodyError> {
+    let length = request.content_length;
     if length > MAX_DISCARDED_BODY {
-        return Err(DiscardError::TooLarge);
+        // Without `100 Continue` a waiting client never sends the body, so
+        // the 413 reaches it without a body to drain first.
+        return Err(BodyError::TooLarge);
     }
     let mut remaining = length as usize;
     let buffered = remaining.min(buffer.len());
     buffer.drain(..buffered);
     remaining -= buffered;
-
-    let mut scratch = [0u8; 1024];
-    while remaining > 0 {
-        let limit = remaining.min(scratch.len());
-        match stream.read(&mut scratch[..limit]).await {
-            Ok(0) | Err(_) => return Err(DiscardError::Closed),
-            Ok(read) => remaining -= read,
-        }
+    if remaining == 0 {
+        return Ok(());
     }
-    Ok(())
+
+    let read = async {
+        if request.expect_continue && stream.write_all(CONTINUE).await.is_err() {
+            return Err(BodyError::Closed);
+        }
+        let mut scratch = [0u8; 1024];
+        while remaining > 0 {
+            let limit = remaining.min(scratch.len());
+            match stream.read(&mut scratch[..limit]).await {
+                Ok(0) | Err(_) => return Err(BodyError::Closed),
+                Ok(read) => remaining -= read,
+            }
+        }
+        Ok(())
+    };
+    within(deadline, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
 }
 
+/// Writes the response with `Connection: close`, then lingers so it arrives intact.
+async fn send_and_close(
+    stream: &mut TcpStream,
+    response: &Response,
+    minor_version: u8,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) {
+    if write_response(stream, response, false, minor_version, limits, out).await {
+        linger(stream).await;
+    }
+}
+
+/// Writes the response within the write timeout; returns whether it all went out.
+///
+/// After a timeout the connection is set to reset when it closes, since
+/// the client is not reading what is already queued.
 async fn write_response(
     stream: &mut TcpStream,
     response: &Response,
     keep_alive: bool,
     minor_version: u8,
+    limits: &Limits,
     out: &mut Vec<u8>,
-) -> std::io::Result<()> {
+) -> bool {
     out.clear();
     response.encode(keep_alive, minor_version, out);
-    stream.write_all(out).await
-}
-
-/// Shuts down the write side, then drains input until the client closes, for at most [`LINGER`].
-async fn linger(stream: &mut TcpStream) {
-    if stream.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    let drain = async {
-        let mut scratch = [0u8; 1024];
-        let mut drained = 0;
-        while drained < LINGER_MAX_BYTES {
-            match stream.read(&mut scratch).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => drained += read,
-            }
+    let deadline = Instant::now() + limits.write_timeout;
+    match within(deadline, stream.write_all(out)).await {
+        Ok(result) => result.is_ok(),
+        Err(TimedOut) => {
+            reset_on_close(stream);
+            false
         }
-    };
-    drain
-        .or(async {
-            Timer::after(LINGER).await;
-        })
-        .await;
-}
-
-/// Reads at most `limit` bytes onto the end of `buffer`.
-async fn read_into(
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-    limit: usize,
-) -> std::io::Result<usize> {
-    let start = buffer.len();
-    buffer.resize(start + limit, 0);
-    let result = stream.read(&mut buffer[start..]).await;
-    buffer.truncate(start + *result.as_ref().unwrap_or(&0));
-    result
+    }
 }

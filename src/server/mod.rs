@@ -1,25 +1,38 @@
 //! The HTTP/1.1 server: an accept loop that spawns one task per connection
-//! and hands each parsed request to a [`Handler`].
+//! and hands each parsed request to a [`Handler`], within the caps and
+//! timeouts of [`Limits`], until a [`Shutdown`] drains it.
 //!
 //! The server knows nothing of the endpoints; the router it is handed decides
 //! every response.
 
 mod conn;
+mod io;
+mod limits;
 mod request;
 mod response;
+mod shutdown;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use async_net::TcpListener;
+use async_net::{TcpListener, TcpStream};
+use futures_lite::FutureExt;
 use smol::Executor;
+use smol::channel::{self, Sender};
+use smol::lock::{Semaphore, SemaphoreGuardArc};
 
+use self::conn::Shared;
 use crate::log::{self, Level};
 
-pub use self::request::{MAX_HEAD, MAX_HEADERS, ParseError, Request, parse};
+pub use self::limits::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits,
+    RESERVED_DESCRIPTORS, caps_fit, default_caps, raise_descriptor_limit,
+};
+pub use self::request::{MAX_HEAD, MAX_HEADERS, MAX_TARGET, ParseError, Request, parse};
 pub use self::response::Response;
+pub use self::shutdown::Shutdown;
 
 /// Turns a request into a response.
 pub trait Handler: Send + Sync + 'static {
@@ -29,6 +42,13 @@ pub trait Handler: Send + Sync + 'static {
         request: &Request,
         received_at: Instant,
     ) -> impl Future<Output = Response> + Send;
+
+    /// Whether `request` counts against the in-flight cap. Requests that
+    /// cost next to nothing, such as health checks, can stay out of it so
+    /// they answer under overload.
+    fn counts_in_flight(&self, _request: &Request) -> bool {
+        true
+    }
 }
 
 /// The first pause after a failed accept. Failures such as EMFILE repeat
@@ -38,20 +58,81 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause between accept attempts while they keep failing.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Accepts connections on `listener` forever, serving each on `executor`.
+/// What a connection task holds while it runs.
+struct Slot {
+    /// Its place under the connection cap.
+    _permit: SemaphoreGuardArc,
+    /// Its part in the count of open connections: draining ends when every
+    /// sender of this channel is gone.
+    _open: Sender<()>,
+}
+
+/// Accepts connections on `listener`, serving each on `executor`, until
+/// `shutdown` begins; then stops accepting and returns once every connection
+/// has closed.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     executor: Arc<Executor<'static>>,
+    limits: Limits,
+    shutdown: Shutdown,
 ) {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let shared = Arc::new(Shared {
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        limits,
+        shutdown: shutdown.clone(),
+    });
+    let (open, all_closed) = channel::bounded::<()>(1);
+
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let stop = async {
+            shutdown.draining().await;
+            None
+        };
+        let next = async { Some(accept(&listener, &connections, &mut backoff).await) };
+        // Draining is polled first, so a backlog of waiting connections
+        // cannot keep the loop accepting after the signal.
+        let Some((stream, permit)) = stop.or(next).await else {
+            break;
+        };
+        let slot = Slot {
+            _permit: permit,
+            _open: open.clone(),
+        };
+        let connection = conn::serve_connection(stream, handler.clone(), shared.clone());
+        executor
+            .spawn(async move {
+                connection.await;
+                drop(slot);
+            })
+            .detach();
+    }
+
+    // Closing the listener refuses new connections at once, rather than
+    // leaving them in a backlog that nobody will accept from.
+    drop(listener);
+    drop(open);
+    // Every receive fails once the last connection has dropped its sender.
+    let _ = all_closed.recv().await;
+}
+
+/// Takes a slot under the connection cap, then accepts the next connection.
+///
+/// Waiting for the slot first leaves connections past the cap in the
+/// kernel's listen backlog, where they cost no descriptor of ours.
+async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<Semaphore>,
+    backoff: &mut Duration,
+) -> (TcpStream, SemaphoreGuardArc) {
+    let permit = connections.acquire_arc().await;
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                executor
-                    .spawn(conn::serve_connection(stream, handler.clone()))
-                    .detach();
+                *backoff = ACCEPT_BACKOFF_MIN;
+                return (stream, permit);
             }
             Err(error) => {
                 log::event(
@@ -59,8 +140,8 @@ pub async fn serve<H: Handler>(
                     "accept failed",
                     &[("error", &error), ("retry_in_ms", &backoff.as_millis())],
                 );
-                Timer::after(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                Timer::after(*backoff).await;
+                *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }

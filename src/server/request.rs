@@ -12,6 +12,16 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// The most header fields parsed in a request; more get 431.
 pub const MAX_HEADERS: usize = 64;
 
+/// The longest request target accepted, in bytes; longer ones get 414. The
+/// API's targets are under 100 bytes; 8 KiB is what common servers and
+/// proxies accept, so a client that works behind them works here.
+pub const MAX_TARGET: usize = 8 * 1024;
+
+/// The longest a request line can be with a target of [`MAX_TARGET`]: room
+/// for the method, two spaces and the version. A partial head with no line
+/// end past this is answered 414 without waiting for the rest.
+const MAX_REQUEST_LINE: usize = MAX_TARGET + 32;
+
 /// A parsed request head. The server reads no request body beyond discarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -28,6 +38,8 @@ pub struct Request {
     pub request_id: String,
     /// The trace from a valid `traceparent`, or a new one; includes fanout's own span.
     pub trace: TraceContext,
+    /// The client waits for `100 Continue` before sending its body.
+    pub expect_continue: bool,
 }
 
 impl Request {
@@ -56,12 +68,18 @@ pub enum ParseError {
     TransferEncoding,
     /// The target is not origin-form (`/path?query`).
     InvalidTarget,
+    /// A target longer than [`MAX_TARGET`].
+    TargetTooLong,
+    /// An `Expect` other than `100-continue`.
+    UnsupportedExpectation,
 }
 
 impl ParseError {
     pub fn status(&self) -> u16 {
         match self {
             ParseError::HeadTooLarge | ParseError::TooManyHeaders => 431,
+            ParseError::TargetTooLong => 414,
+            ParseError::UnsupportedExpectation => 417,
             _ => 400,
         }
     }
@@ -82,6 +100,12 @@ impl fmt::Display for ParseError {
             ParseError::InvalidTarget => {
                 f.write_str("invalid request target: expected a path starting with '/'")
             }
+            ParseError::TargetTooLong => {
+                write!(f, "request target longer than {MAX_TARGET} bytes")
+            }
+            ParseError::UnsupportedExpectation => {
+                f.write_str("unsupported Expect: only 100-continue is accepted")
+            }
         }
     }
 }
@@ -95,6 +119,11 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
     let mut parsed = httparse::Request::new(&mut headers);
     let length = match parsed.parse(buffer) {
         Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial)
+            if buffer.len() > MAX_REQUEST_LINE && !buffer.contains(&b'\n') =>
+        {
+            return Err(ParseError::TargetTooLong);
+        }
         Ok(httparse::Status::Partial) if buffer.len() >= MAX_HEAD => {
             return Err(ParseError::HeadTooLarge);
         }
@@ -111,6 +140,9 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
     if !target.starts_with('/') {
         return Err(ParseError::InvalidTarget);
     }
+    if target.len() > MAX_TARGET {
+        return Err(ParseError::TargetTooLong);
+    }
     let minor_version = parsed.version.unwrap_or(1);
     let mut connection_close = false;
     let mut connection_keep_alive = false;
@@ -118,6 +150,7 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
     let mut request_id = None;
     let mut traceparent = None;
     let mut traceparent_fields = 0;
+    let mut expect_continue = false;
     for field in parsed.headers.iter() {
         if field.name.eq_ignore_ascii_case("connection") {
             for token in field.value.split(|&b| b == b',') {
@@ -138,6 +171,16 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
         } else if field.name.eq_ignore_ascii_case("traceparent") {
             traceparent = Some(field.value);
             traceparent_fields += 1;
+        } else if field.name.eq_ignore_ascii_case("expect") && minor_version >= 1 {
+            // HTTP/1.0 has no expectations, so RFC 9110 says to ignore the field there.
+            if !field
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+            {
+                return Err(ParseError::UnsupportedExpectation);
+            }
+            expect_continue = true;
         }
     }
     // Two `traceparent` fields cannot both name the parent, so neither is trusted.
@@ -156,6 +199,7 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
         content_length: content_length.unwrap_or(0),
         request_id: trace::accept_request_id(request_id),
         trace: TraceContext::from_traceparent(traceparent),
+        expect_continue,
     };
     Ok(Some((request, length)))
 }
@@ -261,6 +305,37 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn long_target_is_414_before_the_head_ends() {
+        let target = format!("/{}", "a".repeat(MAX_TARGET));
+        let complete = format!("GET {target} HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            parse(complete.as_bytes()).err(),
+            Some(ParseError::TargetTooLong)
+        );
+        let longest = format!("GET {} HTTP/1.1\r\n\r\n", &target[..MAX_TARGET]);
+        assert!(parse(longest.as_bytes()).is_ok());
+
+        let mut line = format!("GET {target}").into_bytes();
+        line.resize(MAX_REQUEST_LINE + 1, b'a');
+        assert_eq!(parse(&line), Err(ParseError::TargetTooLong));
+        assert_eq!(ParseError::TargetTooLong.status(), 414);
+    }
+
+    #[test]
+    fn expect_accepts_only_100_continue() {
+        let request = parse_complete(b"GET / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n");
+        assert!(request.expect_continue);
+        assert!(!parse_complete(b"GET / HTTP/1.1\r\n\r\n").expect_continue);
+
+        let error = parse(b"GET / HTTP/1.1\r\nExpect: teapot\r\n\r\n").unwrap_err();
+        assert_eq!(error, ParseError::UnsupportedExpectation);
+        assert_eq!(error.status(), 417);
+
+        let old = parse_complete(b"GET / HTTP/1.0\r\nExpect: teapot\r\n\r\n");
+        assert!(!old.expect_continue);
     }
 
     #[test]

@@ -1,5 +1,18 @@
 //! Reading one upstream response: the head with httparse, then the body by
 //! its framing (Content-Length, chunked, or connection close).
+//!
+//! Each rule fails the attempt as soon as the bytes that break it arrive:
+//!
+//! | response | outcome |
+//! |---|---|
+//! | 100, 102, 103 or another 1xx without framing headers | skipped; the final response follows, and every head counts against the head limit |
+//! | 1xx with Content-Length or Transfer-Encoding, or 101 | `malformed_response`: interim responses have no body, and fanout never asks to switch protocols |
+//! | 204 with Transfer-Encoding or a non-zero Content-Length, 204 or 304 with bytes after the head | `malformed_response`: these statuses have no body |
+//! | other 204 and 304, any other non-200 | `redirect` for 3xx but 304, else `http_status`, without reading the body |
+//! | 200 with Transfer-Encoding in HTTP/1.0, or with both Transfer-Encoding and Content-Length | `malformed_response` (RFC 9112, 6.1 and 6.3) |
+//! | 200 with Content-Length | exactly that many bytes; more in any read is `malformed_response`, fewer before the close is `truncated`; over the body limit fails at the head |
+//! | 200 chunked | decoded as it arrives; bytes after the last chunk are `malformed_response` |
+//! | 200 with neither, in HTTP/1.0 or 1.1 | the body runs to the connection close, up to the body limit |
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 
@@ -52,7 +65,16 @@ where
     }
 }
 
-/// Reads until the head parses, then checks the status and chooses the framing.
+/// What a complete head means for the exchange.
+enum Head {
+    /// A 1xx response of this many bytes: the final response follows it.
+    Interim(usize),
+    /// The final response's head length and body framing.
+    Final(usize, Framing),
+}
+
+/// Reads past interim responses until the final head parses, then checks
+/// the status and chooses the framing.
 async fn read_head<R>(
     stream: &mut R,
     buffer: &mut Vec<u8>,
@@ -61,25 +83,25 @@ async fn read_head<R>(
 where
     R: AsyncRead + Unpin,
 {
+    // Interim heads already taken off `buffer` still count against the
+    // limit, so an endless stream of them fails like one endless head.
+    let mut interim_bytes = 0;
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(buffer) {
-            Ok(httparse::Status::Complete(length)) => {
-                let framing = framing(&response)?;
-                return Ok((length, framing));
+        match parse_head(buffer)? {
+            Some(Head::Final(length, framing)) => return Ok((length, framing)),
+            Some(Head::Interim(length)) => {
+                buffer.drain(..length);
+                interim_bytes += length;
+                continue;
             }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(AttemptError::Malformed("more than 64 header fields"));
-            }
-            Err(error) => return Err(AttemptError::MalformedHead(error)),
+            None => {}
         }
 
-        if buffer.len() >= limits.max_head {
+        let used = interim_bytes + buffer.len();
+        if used >= limits.max_head {
             return Err(AttemptError::Malformed("response head larger than 16 KiB"));
         }
-        let read = read_some(stream, buffer, limits.max_head - buffer.len()).await?;
+        let read = read_some(stream, buffer, limits.max_head - used).await?;
         if read == 0 {
             let detail = if buffer.is_empty() {
                 "connection closed before any response byte"
@@ -91,12 +113,62 @@ where
     }
 }
 
-/// Checks the status and decides the body framing from the parsed head.
+/// Parses the head at the start of `buffer`; `None` when it is not complete yet.
+fn parse_head(buffer: &[u8]) -> Result<Option<Head>, AttemptError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) => {
+            classify(&response, length, buffer.len() - length).map(Some)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(AttemptError::Malformed("more than 64 header fields"))
+        }
+        Err(error) => Err(AttemptError::MalformedHead(error)),
+    }
+}
+
+/// Checks the status, given the head's `length` and the bytes `following`
+/// it already read, and decides what comes next.
+fn classify(
+    response: &httparse::Response<'_, '_>,
+    length: usize,
+    following: usize,
+) -> Result<Head, AttemptError> {
+    let status = response.code.unwrap_or(0);
+    let content_length = header(response, "content-length");
+    let transfer_encoding = header(response, "transfer-encoding");
+    match status {
+        101 => Err(AttemptError::Malformed(
+            "101 Switching Protocols without an upgrade request",
+        )),
+        100..=199 if content_length.is_some() || transfer_encoding.is_some() => Err(
+            AttemptError::Malformed("1xx response with Content-Length or Transfer-Encoding"),
+        ),
+        100..=199 => Ok(Head::Interim(length)),
+        204 if transfer_encoding.is_some()
+            || content_length.is_some_and(|value| trim(value) != b"0") =>
+        {
+            Err(AttemptError::Malformed("204 response that declares a body"))
+        }
+        // A 304's framing headers describe the representation it stands
+        // for, so only bytes past its head show a body.
+        204 | 304 if following > 0 => Err(AttemptError::Malformed(
+            "bytes after a 204 or 304 response, which has no body",
+        )),
+        _ => framing(response).map(|framing| Head::Final(length, framing)),
+    }
+}
+
+/// Checks a final status and decides the body framing from the parsed head.
 fn framing(response: &httparse::Response<'_, '_>) -> Result<Framing, AttemptError> {
     let status = response.code.unwrap_or(0);
     match status {
         200 => {}
-        300..=399 => {
+        // A 304 answers a conditional request, which fanout never makes;
+        // there is nowhere it points to.
+        300..=399 if status != 304 => {
             // The location only goes into messages, so a long one is cut short.
             let location = header(response, "location").map(|value| {
                 String::from_utf8_lossy(&value[..value.len().min(MAX_LOCATION)]).into_owned()
@@ -124,6 +196,10 @@ fn framing(response: &httparse::Response<'_, '_>) -> Result<Framing, AttemptErro
     }
 
     match (transfer_encoding, content_length) {
+        // An HTTP/1.0 peer cannot have meant chunked framing (RFC 9112, 6.1).
+        (Some(_), _) if response.version == Some(0) => Err(AttemptError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 response",
+        )),
         (Some(_), Some(_)) => Err(AttemptError::Malformed(
             "both Transfer-Encoding and Content-Length",
         )),
@@ -174,8 +250,9 @@ where
         _ => return Err(AttemptError::TooLarge { limit: max_body }),
     };
     while body.len() < length {
-        let missing = length - body.len();
-        let read = read_some(stream, &mut body, missing).await?;
+        // Reading a whole chunk rather than only the missing bytes shows
+        // extra bytes that arrive with the last ones.
+        let read = read_some(stream, &mut body, READ_CHUNK).await?;
         if read == 0 {
             return Err(AttemptError::Truncated(
                 "connection closed before Content-Length bytes arrived",
@@ -274,6 +351,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n",
             b"HTTP/1.0 200 OK\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\n\r\n{}",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
         ];
         for input in cases {
             assert_eq!(
@@ -304,6 +384,20 @@ mod tests {
             (b"HTTP/1.1 200", "truncated"),
             (b"", "truncated"),
             (b"NOT HTTP\r\n\r\n", "malformed_response"),
+            (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", "malformed_response"),
+            (b"HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\n{}", "malformed_response"),
+            (b"HTTP/1.1 100 Continue\r\nTransfer-Encoding: chunked\r\n\r\n", "malformed_response"),
+            (b"HTTP/1.1 100 Continue\r\n\r\n{}", "malformed_response"),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", "truncated"),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", "http_status"),
+            (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", "http_status"),
+            (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n", "malformed_response"),
+            (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", "malformed_response"),
+            (b"HTTP/1.1 204 No Content\r\n\r\n{}", "malformed_response"),
+            (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 13\r\n\r\n", "http_status"),
+            (b"HTTP/1.1 304 Not Modified\r\n\r\n{}", "malformed_response"),
+            (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "malformed_response"),
+            (b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n", "http_status"),
         ];
         for (input, kind) in cases {
             let error = read(input).unwrap_err();
@@ -321,5 +415,170 @@ mod tests {
         let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
         input.resize(MAX_HEAD + 100, b'a');
         assert_eq!(read(&input).unwrap_err().kind(), "malformed_response");
+    }
+
+    #[test]
+    fn rejects_endless_interim_responses() {
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let input = interim.repeat(MAX_HEAD / interim.len() + 1);
+        let error = read(&input).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "malformed response: response head larger than 16 KiB"
+        );
+    }
+
+    #[test]
+    fn sees_extra_bytes_that_arrive_after_the_head() {
+        let pieces = Pieces::new(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}{}".to_vec(),
+            vec![38, 4],
+        );
+        let error = read_from(pieces).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "malformed response: more bytes than Content-Length"
+        );
+    }
+
+    /// A stream that hands out `data` in pieces of the given sizes, in turn.
+    struct Pieces {
+        data: Vec<u8>,
+        position: usize,
+        sizes: Vec<usize>,
+        reads: usize,
+    }
+
+    impl Pieces {
+        fn new(data: Vec<u8>, sizes: Vec<usize>) -> Pieces {
+            Pieces {
+                data,
+                position: 0,
+                sizes,
+                reads: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let size = self.sizes[self.reads % self.sizes.len()].max(1);
+            let end = (self.position + size.min(buf.len())).min(self.data.len());
+            let count = end - self.position;
+            buf[..count].copy_from_slice(&self.data[self.position..end]);
+            self.position = end;
+            self.reads += 1;
+            std::task::Poll::Ready(Ok(count))
+        }
+    }
+
+    fn read_from(mut stream: Pieces) -> Result<Vec<u8>, AttemptError> {
+        futures_lite::future::block_on(read_body(&mut stream, LIMITS))
+    }
+
+    /// Encodes `body` as chunks of the given sizes, with one extension and one trailer.
+    fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = body;
+        let mut turn = 0;
+        while !rest.is_empty() {
+            let size = sizes[turn % sizes.len()].clamp(1, rest.len());
+            out.extend_from_slice(format!("{size:x};n=v\r\n").as_bytes());
+            out.extend_from_slice(&rest[..size]);
+            out.extend_from_slice(b"\r\n");
+            rest = &rest[size..];
+            turn += 1;
+        }
+        out.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\n");
+        out
+    }
+
+    /// A whole response carrying `body` with the framing numbered `framing`.
+    fn framed(body: &[u8], framing: u8, sizes: &[usize], interim: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        if interim {
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        match framing {
+            0 => {
+                out.extend_from_slice(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                );
+                out.extend_from_slice(body);
+            }
+            1 => {
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                out.extend_from_slice(&chunked(body, sizes));
+            }
+            _ => {
+                out.extend_from_slice(b"HTTP/1.0 200 OK\r\n\r\n");
+                out.extend_from_slice(body);
+            }
+        }
+        out
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn reads_any_body_in_any_pieces(
+                body in vec(any::<u8>(), 0..=64),
+                framing in 0u8..3,
+                chunk_sizes in vec(1usize..20, 1..5),
+                read_sizes in vec(1usize..40, 1..8),
+                interim in any::<bool>(),
+            ) {
+                let input = framed(&body, framing, &chunk_sizes, interim);
+                let read = read_from(Pieces::new(input, read_sizes));
+                prop_assert_eq!(read.unwrap(), body);
+            }
+
+            #[test]
+            fn cut_short_length_or_chunked_body_fails(
+                body in vec(any::<u8>(), 1..=64),
+                chunked in any::<bool>(),
+                chunk_sizes in vec(1usize..20, 1..5),
+                cut in any::<proptest::sample::Index>(),
+            ) {
+                let input = framed(&body, u8::from(chunked), &chunk_sizes, false);
+                let cut = cut.index(input.len());
+                prop_assert!(read_from(Pieces::new(input[..cut].to_vec(), vec![7])).is_err());
+            }
+
+            #[test]
+            fn arbitrary_input_never_exceeds_the_limits(
+                input in vec(any::<u8>(), 0..256),
+                read_sizes in vec(1usize..64, 1..4),
+            ) {
+                if let Ok(body) = read_from(Pieces::new(input, read_sizes)) {
+                    prop_assert!(body.len() <= LIMITS.max_body);
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_after_a_valid_head_never_panic(
+                framing in 0u8..3,
+                tail in vec(any::<u8>(), 0..256),
+            ) {
+                let mut input = framed(b"", framing, &[1], false);
+                // Drop the encoded empty body; keep only the head.
+                let head_end = input.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                input.truncate(head_end);
+                input.extend_from_slice(&tail);
+                if let Ok(body) = read_from(Pieces::new(input, vec![13])) {
+                    prop_assert!(body.len() <= LIMITS.max_body);
+                }
+            }
+        }
     }
 }

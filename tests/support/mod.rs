@@ -11,7 +11,8 @@ pub mod certs;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -111,6 +112,39 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` to the gateway process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a child has a pid");
+        rustix::process::kill_process(pid, signal).expect("signalling the gateway");
+    }
+
+    /// Waits up to `timeout` for the gateway to exit, and returns its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the gateway") {
+                return Some(status);
+            }
+            if started.elapsed() > timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the first JSON log line whose `msg` is `message`, and returns it.
+    pub fn wait_for_message(&self, message: &str) -> serde_json::Value {
+        self.wait_for_log(|line| line["msg"] == message)
+    }
+
+    /// Opens a connection with the test timeout set for reads and writes.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connecting to the gateway");
+        stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TEST_TIMEOUT)).unwrap();
+        stream
     }
 }
 
@@ -226,6 +260,53 @@ pub fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     })
 }
 
+/// Reads exactly one Content-Length framed response from a kept-alive connection.
+pub fn read_one_response(stream: &mut TcpStream) -> HttpResponse {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "connection closed inside a head: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let length: usize = head
+        .split("content-length: ")
+        .nth(1)
+        .unwrap()
+        .split("\r\n")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    raw.extend_from_slice(&body);
+    parse_response(&raw).unwrap()
+}
+
+/// Reads until the peer closes `stream`; returns the bytes and how long the close took.
+///
+/// A reset counts as a close: a server that closes with unread input sends one.
+pub fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => raw.extend_from_slice(&chunk[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(error) => panic!("reading until the gateway closes: {error}"),
+        }
+    }
+    (raw, started.elapsed())
+}
+
 /// What the fake upstream does with one connection.
 #[derive(Clone, Debug)]
 pub enum Step {
@@ -237,6 +318,9 @@ pub enum Step {
     Hang,
     /// Waits, then resets the connection.
     Reset { delay: Duration },
+    /// Writes these bytes one at a time, `interval` apart, then keeps the
+    /// connection open until the client closes it.
+    Trickle { interval: Duration, bytes: Vec<u8> },
 }
 
 impl Step {
@@ -287,6 +371,8 @@ pub struct Connection {
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     connections: Arc<Mutex<Vec<Connection>>>,
+    /// Connections accepted and not yet finished with.
+    open: Arc<AtomicUsize>,
     tls: bool,
 }
 
@@ -308,24 +394,37 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(Mutex::new(Vec::new()));
         let log = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counter = open.clone();
         let is_tls = tls.is_some();
         thread::spawn(move || {
             for (index, stream) in listener.incoming().enumerate() {
                 let Ok(stream) = stream else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
                 let step = script
                     .get(index)
                     .cloned()
                     .unwrap_or_else(|| Step::status(0, 500));
                 let log = log.clone();
                 let tls = tls.clone();
-                thread::spawn(move || serve(stream, step, tls, log));
+                let counter = counter.clone();
+                thread::spawn(move || {
+                    serve(stream, step, tls, log);
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         FakeUpstream {
             addr,
             connections,
+            open,
             tls: is_tls,
         }
+    }
+
+    /// Counts the connections that are open: accepted, and not yet closed by the client or reset.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Returns the upstream URL for this fake, by IP address.
@@ -417,6 +516,14 @@ fn serve(
             let _ = raw.shutdown(std::net::Shutdown::Write);
         }
         Step::Hang => {}
+        Step::Trickle { interval, bytes } => {
+            for byte in bytes {
+                thread::sleep(interval);
+                if stream.write_all(&[byte]).is_err() || stream.flush().is_err() {
+                    break;
+                }
+            }
+        }
         Step::Reset { delay } => {
             thread::sleep(delay);
             let _ = rustix::net::sockopt::set_socket_linger(&raw, Some(Duration::ZERO));
