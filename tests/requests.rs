@@ -165,7 +165,9 @@ fn unparsable_request_is_400() {
         b"GET /api/all HTTP/9.9\r\n\r\n",
         b"GET /api/all?timeout=5 HTTP/1.1\r\nBad Header\r\n\r\n",
         b"GET /api/all?timeout=5 HTTP/1.1\r\nContent-Length: 5x\r\n\r\n",
-        b"GET http://host/api/all?timeout=5 HTTP/1.1\r\n\r\n",
+        b"GET * HTTP/1.1\r\n\r\n",
+        b"GET fanout:80 HTTP/1.1\r\n\r\n",
+        b"GET ftp://host/api/all?timeout=5 HTTP/1.1\r\n\r\n",
     ];
     for request in cases {
         let response = exchange(gateway.addr, request);
@@ -178,6 +180,37 @@ fn unparsable_request_is_400() {
         assert!(!response.error().is_empty());
         assert_eq!(response.header("connection"), Some("close"));
     }
+}
+
+#[test]
+fn other_target_forms_are_400_with_reason() {
+    let (_upstream, gateway) = gateway();
+    for target in ["*", "fanout:80"] {
+        let request = format!("OPTIONS {target} HTTP/1.1\r\nHost: fanout\r\n\r\n");
+        let response = exchange(gateway.addr, request.as_bytes());
+        assert_eq!(response.status, 400, "{target}");
+        assert!(
+            response.error().starts_with("invalid request target"),
+            "{target}: {}",
+            response.body
+        );
+    }
+}
+
+#[test]
+fn absolute_form_target_is_routed_by_path() {
+    let (_upstream, gateway) = gateway();
+    let request = b"GET http://elsewhere.example/api/first?timeout=1000 HTTP/1.1\r\nHost: fanout\r\nConnection: close\r\n\r\n";
+    let response = exchange(gateway.addr, request);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.json()["time"].is_u64(), "{}", response.body);
+
+    let unknown = exchange(
+        gateway.addr,
+        b"GET http://fanout/nowhere HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.error().contains("\"/nowhere\""), "{}", unknown.body);
 }
 
 #[test]

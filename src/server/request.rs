@@ -26,7 +26,9 @@ const MAX_REQUEST_LINE: usize = MAX_TARGET + 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
-    /// The request target as sent: path and optional query.
+    /// The request target in origin form: path and optional query. An
+    /// absolute-form target (`http://host/path?query`) is stored as its path
+    /// and query.
     pub target: String,
     /// The minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
@@ -66,7 +68,9 @@ pub enum ParseError {
     InvalidContentLength,
     /// Request bodies other than a plain Content-Length are not supported.
     TransferEncoding,
-    /// The target is not origin-form (`/path?query`).
+    /// The target is neither origin-form (`/path?query`) nor an absolute
+    /// `http` or `https` URI: `*` and authority-form are for `OPTIONS` and
+    /// `CONNECT`, which fanout does not serve.
     InvalidTarget,
     /// A target longer than [`MAX_TARGET`].
     TargetTooLong,
@@ -98,7 +102,9 @@ impl fmt::Display for ParseError {
                 f.write_str("request bodies with Transfer-Encoding are not supported")
             }
             ParseError::InvalidTarget => {
-                f.write_str("invalid request target: expected a path starting with '/'")
+                f.write_str(
+                    "invalid request target: expected a path starting with '/' or an absolute http:// or https:// URI",
+                )
             }
             ParseError::TargetTooLong => {
                 write!(f, "request target longer than {MAX_TARGET} bytes")
@@ -137,12 +143,10 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
 
     let method = parsed.method.unwrap_or_default().to_string();
     let target = parsed.path.unwrap_or_default();
-    if !target.starts_with('/') {
-        return Err(ParseError::InvalidTarget);
-    }
     if target.len() > MAX_TARGET {
         return Err(ParseError::TargetTooLong);
     }
+    let target = origin_form(target).ok_or(ParseError::InvalidTarget)?;
     let minor_version = parsed.version.unwrap_or(1);
     let mut connection_close = false;
     let mut connection_keep_alive = false;
@@ -202,6 +206,31 @@ pub fn parse(buffer: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
         expect_continue,
     };
     Ok(Some((request, length)))
+}
+
+/// Returns the path and query of `target`, in origin form.
+///
+/// An absolute-form target (RFC 9112, section 3.2.2) is what clients send to
+/// a proxy; a server must accept it too, and routes it by its path. Its
+/// authority is dropped: fanout serves one host. `None` for any other form.
+fn origin_form(target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return Some(target.to_string());
+    }
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    if path_start == 0 {
+        // An absolute URI with an empty authority is invalid.
+        return None;
+    }
+    match &rest[path_start..] {
+        "" => Some("/".to_string()),
+        query if query.starts_with('?') => Some(format!("/{query}")),
+        path => Some(path.to_string()),
+    }
 }
 
 fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
@@ -276,6 +305,40 @@ mod tests {
             request.trace.trace_id.to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+    }
+
+    #[test]
+    fn absolute_form_is_routed_by_its_path() {
+        let cases = [
+            ("http://host/api/all?timeout=100", "/api/all", "timeout=100"),
+            ("HTTPS://host:8080/api/first", "/api/first", ""),
+            ("http://host", "/", ""),
+            ("http://host?timeout=5", "/", "timeout=5"),
+        ];
+        for (target, path, query) in cases {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: other\r\n\r\n");
+            let request = parse_complete(head.as_bytes());
+            assert_eq!(request.path(), path, "{target}");
+            assert_eq!(request.query(), query, "{target}");
+        }
+    }
+
+    #[test]
+    fn other_target_forms_are_rejected() {
+        for target in [
+            "*",
+            "host:443",
+            "ftp://host/api/all",
+            "http:///api/all",
+            "api/all",
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\n\r\n");
+            assert_eq!(
+                parse(head.as_bytes()),
+                Err(ParseError::InvalidTarget),
+                "{target}"
+            );
+        }
     }
 
     #[test]
