@@ -140,7 +140,7 @@ fn unknown_path_is_404() {
 #[test]
 fn other_methods_are_405_with_allow() {
     let (_upstream, gateway) = gateway();
-    for method in ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"] {
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
         let request = format!(
             "{method} /api/first?timeout=100 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
@@ -155,6 +155,37 @@ fn other_methods_are_405_with_allow() {
             response.body
         );
     }
+}
+
+#[test]
+fn head_is_405_without_body() {
+    let (_upstream, gateway) = gateway();
+    let request = b"HEAD /api/first?timeout=100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let raw = send_raw(gateway.addr, request);
+    let text = String::from_utf8_lossy(&raw);
+    let response = parse_response(&raw).unwrap_or_else(|| panic!("{text:?}"));
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("GET"));
+    assert_eq!(response.header("content-length"), Some("0"));
+    assert!(text.ends_with("\r\n\r\n"), "bytes after the head: {text:?}");
+}
+
+#[test]
+fn head_then_get_keeps_framing() {
+    let (_upstream, gateway) = gateway();
+    let mut stream = gateway.connect();
+    stream
+        .write_all(b"HEAD /api/first?timeout=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = support::read_head_only(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 405 "), "{head:?}");
+
+    stream
+        .write_all(b"GET /api/first?timeout=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let response = read_one_response(&mut stream);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.json()["time"].is_u64(), "{}", response.body);
 }
 
 #[test]

@@ -97,7 +97,12 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
         let Some((response, keep_alive)) = answered.await else {
             return;
         };
-        let response = response.with_header(REQUEST_ID_HEADER, request.request_id.clone());
+        let mut response = response.with_header(REQUEST_ID_HEADER, request.request_id.clone());
+        if request.method == "HEAD" {
+            // A client reads no body after a HEAD response, whatever its
+            // status, so a body sent anyway would be read as the next response.
+            response = response.without_body();
+        }
 
         // Once draining, each connection closes after the response it owes.
         let keep_alive = keep_alive && !shared.shutdown.is_draining();

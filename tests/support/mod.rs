@@ -260,8 +260,8 @@ pub fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     })
 }
 
-/// Reads exactly one Content-Length framed response from a kept-alive connection.
-pub fn read_one_response(stream: &mut TcpStream) -> HttpResponse {
+/// Reads one response head, and nothing after it, from a kept-alive connection.
+pub fn read_head_only(stream: &mut TcpStream) -> String {
     let mut raw = Vec::new();
     let mut byte = [0u8; 1];
     while !raw.ends_with(b"\r\n\r\n") {
@@ -273,6 +273,12 @@ pub fn read_one_response(stream: &mut TcpStream) -> HttpResponse {
         );
         raw.push(byte[0]);
     }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Reads exactly one Content-Length framed response from a kept-alive connection.
+pub fn read_one_response(stream: &mut TcpStream) -> HttpResponse {
+    let mut raw = read_head_only(stream).into_bytes();
     let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
     let length: usize = head
         .split("content-length: ")
