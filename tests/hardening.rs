@@ -271,6 +271,57 @@ fn long_target_is_414() {
     assert!(response.error().contains("8192"), "{}", response.body);
 }
 
+/// Sends `head` on a new connection and returns the response's status.
+fn status_of(gateway: &Gateway, head: &str) -> u16 {
+    support::exchange(gateway.addr, head.as_bytes()).status
+}
+
+#[test]
+fn head_limits_follow_the_options() {
+    let upstream = FakeUpstream::start(Vec::new());
+    let url = upstream.url();
+    let gateway = Gateway::start_with_env(
+        &[
+            "--upstream",
+            &url,
+            "--max-head-size",
+            "2048",
+            "--max-headers=8",
+        ],
+        &[("FANOUT_MAX_TARGET_LENGTH", "100")],
+    );
+
+    // A target of exactly 100 bytes passes, 101 gets 414.
+    let target = |length: usize| format!("/healthz?{}", "a".repeat(length - 9));
+    let request = |target: &str| format!("GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&gateway, &request(&target(100))), 200);
+    let long = support::exchange(gateway.addr, request(&target(101)).as_bytes());
+    assert_eq!(long.status, 414);
+    assert_eq!(long.error(), "request target longer than 100 bytes");
+
+    // Eight fields (Connection plus seven) pass, nine get 431.
+    let fields = |count: usize| {
+        let extra: String = (1..count).map(|i| format!("X-{i}: 1\r\n")).collect();
+        format!("GET /healthz HTTP/1.1\r\nConnection: close\r\n{extra}\r\n")
+    };
+    assert_eq!(status_of(&gateway, &fields(8)), 200);
+    let many = support::exchange(gateway.addr, fields(9).as_bytes());
+    assert_eq!(many.status, 431);
+    assert_eq!(many.error(), "more than 8 header fields");
+
+    // A head of exactly 2048 bytes passes, 2049 gets 431.
+    let sized = |size: usize| {
+        let start = "GET /healthz HTTP/1.1\r\nConnection: close\r\nX-Pad: ";
+        let pad = "a".repeat(size - start.len() - 4);
+        format!("{start}{pad}\r\n\r\n")
+    };
+    assert_eq!(sized(2048).len(), 2048);
+    assert_eq!(status_of(&gateway, &sized(2048)), 200);
+    let large = support::exchange(gateway.addr, sized(2049).as_bytes());
+    assert_eq!(large.status, 431);
+    assert_eq!(large.error(), "request head larger than 2048 bytes");
+}
+
 #[test]
 fn unknown_expectation_is_417() {
     let (_upstream, gateway) = gateway_with(&[]);
@@ -327,6 +378,12 @@ fn help_lists_the_limits() {
         "FANOUT_IDLE_TIMEOUT",
         "--write-timeout",
         "FANOUT_WRITE_TIMEOUT",
+        "--max-head-size",
+        "FANOUT_MAX_HEAD_SIZE",
+        "--max-headers",
+        "FANOUT_MAX_HEADERS",
+        "--max-target-length",
+        "FANOUT_MAX_TARGET_LENGTH",
     ] {
         assert!(help.contains(option), "{option} missing from help");
     }

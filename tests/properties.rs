@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use fanout::api::{QueryError, parse_timeout};
-use fanout::server::{MAX_HEAD, MAX_TARGET, ParseError, parse};
+use fanout::server::{DEFAULT_MAX_HEAD, DEFAULT_MAX_TARGET, HeadLimits, ParseError, Request};
 use fanout::upstream::{ChunkedDecoder, ChunkedError, PayloadError, validate};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -131,6 +131,11 @@ proptest! {
 
 // The request parser.
 
+/// Parses a request head with the default limits.
+fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
+    fanout::server::parse(input, &HeadLimits::default())
+}
+
 /// A request head built from parts, and what parsing it must give.
 #[derive(Debug, Clone)]
 struct Head {
@@ -204,7 +209,7 @@ proptest! {
         // Bytes of a pipelined request after the head change nothing.
         input.extend_from_slice(&next);
 
-        let (request, length) = parse(&input).unwrap().unwrap();
+        let (request, length) = parse_head(&input).unwrap().unwrap();
 
         prop_assert_eq!(length, head.bytes.len());
         prop_assert_eq!(&request.method, &head.method);
@@ -217,18 +222,18 @@ proptest! {
     #[test]
     fn request_prefix_needs_more(head in head(), cut in any::<Index>()) {
         let cut = cut.index(head.bytes.len());
-        prop_assert_eq!(parse(&head.bytes[..cut]), Ok(None));
+        prop_assert_eq!(parse_head(&head.bytes[..cut]), Ok(None));
     }
 
     #[test]
     fn request_parse_never_panics_and_stays_in_bounds(input in framing_bytes(400)) {
-        match parse(&input) {
+        match parse_head(&input) {
             Ok(Some((request, length))) => {
-                prop_assert!(length <= input.len() && length <= MAX_HEAD);
+                prop_assert!(length <= input.len() && length <= DEFAULT_MAX_HEAD);
                 prop_assert!(request.target.starts_with('/'));
-                prop_assert!(request.target.len() <= MAX_TARGET);
+                prop_assert!(request.target.len() <= DEFAULT_MAX_TARGET);
             }
-            Ok(None) => prop_assert!(input.len() < MAX_HEAD),
+            Ok(None) => prop_assert!(input.len() < DEFAULT_MAX_HEAD),
             Err(error) => prop_assert!([400, 414, 417, 431].contains(&error.status())),
         }
     }
@@ -239,7 +244,7 @@ proptest! {
         // A header line with no colon.
         let at = input.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
         input.splice(at..at, format!("{garbage}\r\n").into_bytes());
-        let result = parse(&input);
+        let result = parse_head(&input);
         prop_assert!(
             matches!(result, Err(ParseError::Invalid(_))),
             "{:?}", result

@@ -12,7 +12,7 @@ use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use super::io::{READ_CHUNK, TimedOut, linger, read_ahead, read_more, reset_on_close, within};
 use super::limits::Limits;
-use super::request::{self, MAX_HEAD, ParseError, Request};
+use super::request::{self, HeadLimits, ParseError, Request};
 use super::shutdown::Shutdown;
 use super::{Handler, Response};
 use crate::log::{self, Level};
@@ -194,8 +194,10 @@ async fn answer<H: Handler>(
     };
 
     let handled = async { Some(handler.handle(request, received_at).await) };
+    // Room for one more head at its largest.
+    let max_read_ahead = shared.limits.head.max_head;
     let client_left = async {
-        read_ahead(stream, buffer).await;
+        read_ahead(stream, buffer, max_read_ahead).await;
         None
     };
     // The handler is polled first, so an answer ready in the same wakeup as
@@ -268,21 +270,27 @@ async fn next_request(
     }
 
     let deadline = Instant::now() + shared.limits.header_timeout;
-    match within(deadline, read_head(stream, buffer)).await {
+    let head = read_head(stream, buffer, &shared.limits.head);
+    match within(deadline, head).await {
         Ok(result) => result.map(|request| (request, deadline)),
         Err(TimedOut) => Err(ReadError::TimedOut),
     }
 }
 
 /// Reads until `buffer` starts with a complete head, and takes it off.
-async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Request, ReadError> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    limits: &HeadLimits,
+) -> Result<Request, ReadError> {
     loop {
-        if let Some((request, length)) = request::parse(buffer).map_err(ReadError::Parse)? {
+        let parsed = request::parse(buffer, limits).map_err(ReadError::Parse)?;
+        if let Some((request, length)) = parsed {
             buffer.drain(..length);
             return Ok(request);
         }
         // Reading at most up to the head limit keeps the buffer bounded.
-        let room = (MAX_HEAD + 1).saturating_sub(buffer.len());
+        let room = (limits.max_head + 1).saturating_sub(buffer.len());
         match read_more(stream, buffer, room).await {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}

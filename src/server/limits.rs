@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
+use super::request::HeadLimits;
+
 /// The default for `--header-timeout`. A client sends this API's heads,
 /// well under 2 KiB, in one packet; 10 s tolerates a stalled mobile link yet
 /// frees a slot held by a client that trickles its head byte by byte.
@@ -50,6 +52,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// For writing one response.
     pub write_timeout: Duration,
+    /// The sizes of a request head. Each connection buffers at most one
+    /// head of `head.max_head` bytes, so they bound its memory.
+    pub head: HeadLimits,
 }
 
 /// Raises the soft descriptor limit to the hard limit, and returns the soft limit then in force.

@@ -30,7 +30,10 @@ pub use self::limits::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits,
     RESERVED_DESCRIPTORS, caps_fit, default_caps, raise_descriptor_limit,
 };
-pub use self::request::{MAX_HEAD, MAX_HEADERS, MAX_TARGET, ParseError, Request, parse};
+pub use self::request::{
+    DEFAULT_MAX_HEAD, DEFAULT_MAX_HEADERS, DEFAULT_MAX_TARGET, HEAD_CEILING, HEADERS_CEILING,
+    HeadLimits, ParseError, Request, parse,
+};
 pub use self::response::Response;
 pub use self::shutdown::Shutdown;
 
