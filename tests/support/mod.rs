@@ -35,7 +35,22 @@ impl Gateway {
 
     /// Starts the gateway with `args` and only the environment variables `env`.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        Gateway::start_under(&[], args, env)
+    }
+
+    /// Starts the gateway as `wrapper` followed by the gateway's path and
+    /// `args`; the wrapper must exec the gateway, so the pid stays its own.
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let binary = env!("CARGO_BIN_EXE_fanout");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_clear()
