@@ -252,6 +252,121 @@ proptest! {
     }
 }
 
+/// Small limits, so random heads of a few hundred bytes reach the 414 and 431 paths.
+const SMALL: HeadLimits = HeadLimits {
+    max_head: 256,
+    max_headers: 6,
+    max_target: 64,
+};
+
+/// Parses `input` as a connection reads it: the prefixes ending at `cuts`
+/// in turn, then the whole, stopping at the first prefix that gives a
+/// request or an error.
+fn parse_incrementally(
+    input: &[u8],
+    cuts: &[Index],
+    limits: &HeadLimits,
+) -> Result<Option<(Request, usize)>, ParseError> {
+    let mut points: Vec<usize> = cuts.iter().map(|cut| cut.index(input.len() + 1)).collect();
+    points.sort_unstable();
+    for end in points {
+        let result = fanout::server::parse(&input[..end], limits);
+        if !matches!(result, Ok(None)) {
+            return result;
+        }
+    }
+    fanout::server::parse(input, limits)
+}
+
+/// The fields of a parse result that do not depend on randomness: the
+/// request id and trace are generated anew for each parse.
+type Outcome = Result<Option<(String, String, u8, bool, u64, bool, usize)>, ParseError>;
+
+fn outcome(result: Result<Option<(Request, usize)>, ParseError>) -> Outcome {
+    result.map(|parsed| {
+        parsed.map(|(request, length)| {
+            (
+                request.method,
+                request.target,
+                request.minor_version,
+                request.keep_alive,
+                request.content_length,
+                request.expect_continue,
+                length,
+            )
+        })
+    })
+}
+
+/// A valid head with a few bytes replaced, inserted or removed.
+fn mutated_head() -> impl Strategy<Value = Vec<u8>> {
+    let edit = (
+        any::<Index>(),
+        0u8..3,
+        prop_oneof![select(b"\r\n :\t/?0aA".to_vec()), any::<u8>()],
+    );
+    (head(), vec(edit, 1..4)).prop_map(|(head, edits)| {
+        let mut bytes = head.bytes;
+        for (at, kind, byte) in edits {
+            let at = at.index(bytes.len() + 1);
+            match kind {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+        }
+        bytes
+    })
+}
+
+/// A long run of one byte inside a head, so the small limits are crossed
+/// in the method, the target or a field.
+fn long_head() -> impl Strategy<Value = Vec<u8>> {
+    (0usize..3, 40usize..300, select(b"aG/ ".to_vec())).prop_map(|(place, length, byte)| {
+        let run = String::from_utf8(vec![byte; length]).unwrap();
+        let text = match place {
+            0 => format!("{run} /x HTTP/1.1\r\n\r\n"),
+            1 => format!("GET /{run} HTTP/1.1\r\n\r\n"),
+            _ => format!("GET /x HTTP/1.1\r\nX: {run}\r\n\r\n"),
+        };
+        text.into_bytes()
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn request_result_does_not_depend_on_splits(
+        input in prop_oneof![framing_bytes(300), mutated_head(), long_head()],
+        cuts in vec(any::<Index>(), 1..6),
+    ) {
+        // A connection reads at most one byte past the head limit.
+        let input = &input[..input.len().min(SMALL.max_head + 1)];
+        let whole = outcome(fanout::server::parse(input, &SMALL));
+        let split = outcome(parse_incrementally(input, &cuts, &SMALL));
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn request_parse_stays_within_small_limits(
+        input in prop_oneof![framing_bytes(300), mutated_head(), long_head()],
+    ) {
+        match fanout::server::parse(&input, &SMALL) {
+            Ok(Some((request, length))) => {
+                prop_assert!(length <= SMALL.max_head);
+                prop_assert!(request.target.len() <= SMALL.max_target);
+            }
+            // Waiting for more never lets a connection buffer past the limit.
+            Ok(None) => prop_assert!(input.len() < SMALL.max_head),
+            Err(error) => prop_assert!([400, 414, 417, 431].contains(&error.status())),
+        }
+    }
+}
+
 // The query parser.
 
 /// Percent-encodes each byte of `text` whose flag is set.

@@ -160,15 +160,10 @@ impl fmt::Display for ParseError {
 pub fn parse(buffer: &[u8], limits: &HeadLimits) -> Result<Option<(Request, usize)>, ParseError> {
     let mut slots = [const { MaybeUninit::uninit() }; HEADERS_CEILING];
     let slots = &mut slots[..limits.max_headers.clamp(1, HEADERS_CEILING)];
+    check_request_line(buffer, limits)?;
     let mut parsed = httparse::Request::new(&mut []);
-    let max_request_line = limits.max_target.saturating_add(REQUEST_LINE_EXTRA);
     let length = match parsed.parse_with_uninit_headers(buffer, slots) {
         Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial)
-            if buffer.len() > max_request_line && !buffer.contains(&b'\n') =>
-        {
-            return Err(ParseError::TargetTooLong(limits.max_target));
-        }
         Ok(httparse::Status::Partial) if buffer.len() >= limits.max_head => {
             return Err(ParseError::HeadTooLarge(limits.max_head));
         }
@@ -247,6 +242,29 @@ pub fn parse(buffer: &[u8], limits: &HeadLimits) -> Result<Option<(Request, usiz
         expect_continue,
     };
     Ok(Some((request, length)))
+}
+
+/// Rejects a head whose first line runs past the target limit plus
+/// [`REQUEST_LINE_EXTRA`] with no line end, with 414, so a client that
+/// sends an endless request line is answered without waiting for the rest.
+///
+/// The verdict is the same whether the bytes arrived at once or a few at a
+/// time: only the bytes up to the limit decide it, and when httparse already
+/// rejects those, its error wins, as it would on any shorter prefix.
+fn check_request_line(buffer: &[u8], limits: &HeadLimits) -> Result<(), ParseError> {
+    let max_line = limits.max_target.saturating_add(REQUEST_LINE_EXTRA);
+    if buffer.len() <= max_line {
+        return Ok(());
+    }
+    let window = &buffer[..=max_line];
+    if window.contains(&b'\n') {
+        return Ok(());
+    }
+    let mut no_fields = [];
+    match httparse::Request::new(&mut no_fields).parse(window) {
+        Err(error) => Err(ParseError::Invalid(error)),
+        Ok(_) => Err(ParseError::TargetTooLong(limits.max_target)),
+    }
 }
 
 /// Returns the path and query of `target`, in origin form.
@@ -433,6 +451,36 @@ mod tests {
             Err(ParseError::TargetTooLong(DEFAULT_MAX_TARGET))
         );
         assert_eq!(ParseError::TargetTooLong(1).status(), 414);
+    }
+
+    #[test]
+    fn long_request_line_is_414_however_it_arrives() {
+        let limits = HeadLimits {
+            max_head: 1024,
+            max_headers: 8,
+            max_target: 64,
+        };
+        let method = "M".repeat(100);
+        let whole = format!("{method} /x HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            parse(whole.as_bytes(), &limits),
+            Err(ParseError::TargetTooLong(64))
+        );
+        assert_eq!(
+            parse(&whole.as_bytes()[..97], &limits),
+            Err(ParseError::TargetTooLong(64))
+        );
+
+        // A bad byte before the limit is reported as such, whole or in part.
+        let bad = format!("GET /\x01{} HTTP/1.1\r\n\r\n", "a".repeat(200));
+        assert!(matches!(
+            parse(bad.as_bytes(), &limits),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(&bad.as_bytes()[..10], &limits),
+            Err(ParseError::Invalid(_))
+        ));
     }
 
     #[test]
