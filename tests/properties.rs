@@ -1,7 +1,9 @@
 //! Property tests of the pure parsers that read bytes from clients and the
 //! upstream: the request parser, the query parser, the chunked decoder and
-//! the payload validator. The upstream response reader has its own, beside
-//! it in `src/upstream/response.rs`.
+//! the payload validator. Random, mutated and oversized inputs never panic
+//! and stay within the parsers' bounds, and the incremental parsers give the
+//! same result however their input is split. The upstream response reader
+//! has its own, beside it in `src/upstream/response.rs`.
 //!
 //! Case counts are fixed so the whole file runs in a few seconds in CI.
 
@@ -27,6 +29,32 @@ fn config() -> ProptestConfig {
 fn framing_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     let alphabet = b"\r\n :;=0123456789abcdefABCDEF/?&%+GETHP.\t\x00\xff".to_vec();
     vec(prop_oneof![select(alphabet), any::<u8>()].boxed(), 0..max)
+}
+
+/// One edit of a byte string: where, which kind (replace, insert,
+/// remove), and the byte to write.
+type Edit = (Index, u8, u8);
+
+/// One to three edits, with bytes biased toward those framing depends on.
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let byte = prop_oneof![select(b"\r\n :;\t/?0aA{}\"".to_vec()), any::<u8>()];
+    vec((any::<Index>(), 0u8..3, byte), 1..4)
+}
+
+/// Applies `edits` to `bytes` in turn.
+fn mutate(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for (at, kind, byte) in edits {
+        let at = at.index(bytes.len() + 1);
+        match kind {
+            0 if at < bytes.len() => bytes[at] = *byte,
+            1 => bytes.insert(at, *byte),
+            _ if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            _ => {}
+        }
+    }
+    bytes
 }
 
 // The chunked decoder.
@@ -115,6 +143,52 @@ proptest! {
         if let Ok((_, consumed)) = outcome {
             prop_assert!(consumed <= input.len());
         }
+    }
+
+    #[test]
+    fn mutated_chunked_result_does_not_depend_on_splits(
+        body in vec(any::<u8>(), 0..120),
+        sizes in vec(1usize..40, 1..6),
+        extension in any::<bool>(),
+        edits in edits(),
+        cuts in vec(any::<Index>(), 1..5),
+    ) {
+        let input = mutate(encode_chunked(&body, &sizes, extension, &[]), &edits);
+        let max_body = body.len() + 8;
+        let (whole_body, whole) = decode_in_pieces(&input, &[], max_body);
+        let (split_body, split) = decode_in_pieces(&input, &cuts, max_body);
+        prop_assert_eq!(&whole, &split);
+        // After an error the partial body is thrown away, and how much of
+        // it was decoded depends on where the pieces ended.
+        if whole.is_ok() {
+            prop_assert_eq!(&whole_body, &split_body);
+        }
+        prop_assert!(whole_body.len() <= max_body);
+        prop_assert!(split_body.len() <= max_body);
+    }
+
+    #[test]
+    fn chunked_endless_extension_fails(
+        length in 1100usize..4000,
+        cuts in vec(any::<Index>(), 0..4),
+    ) {
+        // Past the decoder's 1 KiB bound on an extension.
+        let mut input = format!("5;{}", "x".repeat(length)).into_bytes();
+        input.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        let (body, outcome) = decode_in_pieces(&input, &cuts, 64);
+        prop_assert_eq!(outcome, Err(ChunkedError::ExtensionTooLong));
+        prop_assert!(body.is_empty());
+    }
+
+    #[test]
+    fn chunked_size_overflow_fails(
+        digits in "[1-9a-fA-F][0-9a-fA-F]{16,40}",
+        cuts in vec(any::<Index>(), 0..4),
+    ) {
+        let input = format!("{digits}\r\nhello\r\n0\r\n\r\n").into_bytes();
+        let (body, outcome) = decode_in_pieces(&input, &cuts, 64);
+        prop_assert_eq!(outcome, Err(ChunkedError::SizeOverflow));
+        prop_assert!(body.is_empty());
     }
 
     #[test]
@@ -300,26 +374,7 @@ fn outcome(result: Result<Option<(Request, usize)>, ParseError>) -> Outcome {
 
 /// A valid head with a few bytes replaced, inserted or removed.
 fn mutated_head() -> impl Strategy<Value = Vec<u8>> {
-    let edit = (
-        any::<Index>(),
-        0u8..3,
-        prop_oneof![select(b"\r\n :\t/?0aA".to_vec()), any::<u8>()],
-    );
-    (head(), vec(edit, 1..4)).prop_map(|(head, edits)| {
-        let mut bytes = head.bytes;
-        for (at, kind, byte) in edits {
-            let at = at.index(bytes.len() + 1);
-            match kind {
-                0 if at < bytes.len() => bytes[at] = byte,
-                1 => bytes.insert(at, byte),
-                _ if at < bytes.len() => {
-                    bytes.remove(at);
-                }
-                _ => {}
-            }
-        }
-        bytes
-    })
+    (head(), edits()).prop_map(|(head, edits)| mutate(head.bytes, &edits))
 }
 
 /// A long run of one byte inside a head, so the small limits are crossed
@@ -411,6 +466,24 @@ proptest! {
     }
 
     #[test]
+    fn mutated_query_never_panics_and_stays_in_range(
+        ms in 1u64..=60_000,
+        edits in edits(),
+    ) {
+        let query = mutate(format!("x=1&timeout={ms}&y=%41").into_bytes(), &edits);
+        // The API sees the target as text; invalid UTF-8 never reaches it.
+        let query = String::from_utf8_lossy(&query);
+        match parse_timeout(&query, 60_000) {
+            Ok(timeout) => prop_assert!((1..=60_000).contains(&(timeout.as_millis() as u64))),
+            // An error repeats at most the query's own bytes.
+            Err(QueryError::Invalid(value) | QueryError::InvalidEscape(value)) => {
+                prop_assert!(value.len() <= query.len());
+            }
+            Err(_) => {}
+        }
+    }
+
+    #[test]
     fn query_never_panics_and_stays_in_range(query in "[ -~]{0,80}", max in 1u64..100_000) {
         if let Ok(timeout) = parse_timeout(&query, max) {
             let ms = timeout.as_millis() as u64;
@@ -464,6 +537,34 @@ proptest! {
         let body = format!("{{\"time\": {time}}}");
         let result = validate(body.as_bytes());
         prop_assert!(matches!(result, Err(PayloadError::TimeInvalid(_))), "{} gave {:?}", body, result);
+    }
+
+    #[test]
+    fn mutated_payload_is_judged_without_copying(
+        time in any::<u64>(),
+        extra in vec(("[a-s]{1,6}", 0i64..1000), 0..3),
+        edits in edits(),
+    ) {
+        let mut members = vec![format!("\"time\": {time}")];
+        members.extend(extra.iter().map(|(k, v)| format!("\"{k}\": {v}")));
+        let body = mutate(format!("{{{}}}", members.join(", ")).into_bytes(), &edits);
+        if let Ok(payload) = validate(&body) {
+            // The payload is a slice of the body, so validation holds no
+            // more than the body's own memory on success.
+            let range = body.as_ptr_range();
+            prop_assert!(range.contains(&payload.as_ptr()));
+            prop_assert!(payload.len() <= body.len());
+            let value: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            prop_assert!(value["time"].is_u64());
+        }
+    }
+
+    #[test]
+    fn deeply_nested_payload_is_rejected(depth in 100usize..5000, object in any::<bool>()) {
+        // serde_json stops at a nesting depth of 128 instead of overflowing the stack.
+        let (open, close) = if object { ("{\"a\":", "}") } else { ("[", "]") };
+        let body = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+        prop_assert!(validate(body.as_bytes()).is_err());
     }
 
     #[test]
