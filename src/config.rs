@@ -255,14 +255,14 @@ const SERVE_OPTIONS: &[Spec] = &[
         flag: "--header-timeout",
         env: "FANOUT_HEADER_TIMEOUT",
         value: Some("MS"),
-        help: "milliseconds for a request head and body from its first byte (then 408), and for a new connection's first byte",
+        help: "milliseconds for a new connection's first request head and body from accept, and for a later one's from its first byte (then 408)",
         default: "10000",
     },
     Spec {
         flag: "--idle-timeout",
         env: "FANOUT_IDLE_TIMEOUT",
         value: Some("MS"),
-        help: "milliseconds a kept-alive connection may wait for its next request",
+        help: "milliseconds a kept-alive connection may wait for its next request head, from the end of the previous response",
         default: "75000",
     },
     Spec {

@@ -43,7 +43,7 @@ fn silent_connection_closes_after_header_timeout() {
 }
 
 #[test]
-fn trickled_head_times_out_from_first_byte() {
+fn trickled_head_gets_408_at_header_timeout() {
     let (_upstream, gateway) = gateway_with(&["--header-timeout", "400"]);
     let mut stream = gateway.connect();
     let mut writer = stream.try_clone().unwrap();
@@ -67,6 +67,43 @@ fn trickled_head_times_out_from_first_byte() {
     assert_eq!(response.header("connection"), Some("close"));
     assert!(response.error().contains("400 ms"), "{}", response.body);
     assert_about(elapsed, Duration::from_millis(400), "408");
+}
+
+#[test]
+fn first_head_times_out_from_accept() {
+    let (_upstream, gateway) = gateway_with(&["--header-timeout", "600"]);
+    let mut stream = gateway.connect();
+    let started = Instant::now();
+    // The first byte comes late; the rest of the head never does.
+    thread::sleep(Duration::from_millis(400));
+    stream.write_all(b"G").unwrap();
+
+    let (raw, _) = read_until_closed(&mut stream);
+    let elapsed = started.elapsed();
+
+    let response = parse_response(&raw).expect("a 408 response");
+    assert_eq!(response.status, 408);
+    assert_about(elapsed, Duration::from_millis(600), "408");
+}
+
+#[test]
+fn kept_alive_head_times_out_by_idle_timeout() {
+    let (_upstream, gateway) = gateway_with(&["--header-timeout", "2000", "--idle-timeout", "600"]);
+    let mut stream = gateway.connect();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one_response(&mut stream).status, 200);
+    let started = Instant::now();
+    // A late first byte leaves only what is left of the idle timeout.
+    thread::sleep(Duration::from_millis(400));
+    stream.write_all(b"G").unwrap();
+
+    let (raw, _) = read_until_closed(&mut stream);
+    let elapsed = started.elapsed();
+
+    assert_eq!(parse_response(&raw).expect("a 408 response").status, 408);
+    assert_about(elapsed, Duration::from_millis(600), "408");
 }
 
 #[test]

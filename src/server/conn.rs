@@ -64,8 +64,8 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
     let limits = &shared.limits;
     let mut buffer = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::new();
-    // A client that opens a connection has a request to send, so the wait
-    // for its first byte gets the header timeout, not the idle one.
+    // A client that opens a connection has a request to send, so its first
+    // head gets the header timeout from accept, not the idle one.
     let mut idle_until = Instant::now() + limits.header_timeout;
     loop {
         let (request, deadline) =
@@ -228,7 +228,7 @@ impl ReadError {
             ReadError::Parse(error) => Response::error(error.status(), &error.to_string()),
             _ => {
                 let message = format!(
-                    "request not complete within {} ms of its first byte",
+                    "request not complete within the header timeout of {} ms",
                     header_timeout.as_millis()
                 );
                 Response::error(408, &message)
@@ -238,12 +238,15 @@ impl ReadError {
 }
 
 /// Waits for the first byte of the next request until `idle_until`, then
-/// reads its head within the header timeout, keeping any bytes past it in
-/// `buffer` for the next request.
+/// reads its head, keeping any bytes past it in `buffer` for the next
+/// request.
 ///
-/// Returns the request and the deadline for its body: the header timeout
-/// counts from the first byte of the request, or from the moment the server
-/// takes it up when it was pipelined and already buffered.
+/// Returns the request and the deadline for its head and body: the header
+/// timeout from the request's first byte, or from the moment the server
+/// takes it up when it was pipelined and already buffered, and never later
+/// than `idle_until`. On a new connection `idle_until` is the header timeout
+/// from accept, so a client that sends its first byte late gets no more
+/// time for the rest.
 async fn next_request(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
@@ -269,7 +272,7 @@ async fn next_request(
         first_byte.or(stop).await?;
     }
 
-    let deadline = Instant::now() + shared.limits.header_timeout;
+    let deadline = (Instant::now() + shared.limits.header_timeout).min(idle_until);
     let head = read_head(stream, buffer, &shared.limits.head);
     match within(deadline, head).await {
         Ok(result) => result.map(|request| (request, deadline)),

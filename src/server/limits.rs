@@ -45,10 +45,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests counted against the cap being answered at once; more get 503.
     pub max_in_flight: usize,
-    /// For a request head (and body) from its first byte, and for the first
-    /// byte on a new connection.
+    /// For a new connection's first request head (and body) from accept,
+    /// and for a later request's from its first byte.
     pub header_timeout: Duration,
-    /// For the first byte of the next request on a kept-alive connection.
+    /// For the next request on a kept-alive connection, from the end of the
+    /// previous response: its first byte, and its whole head, arrive within it.
     pub idle_timeout: Duration,
     /// For writing one response.
     pub write_timeout: Duration,
