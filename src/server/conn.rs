@@ -22,6 +22,11 @@ use crate::observe::{self, REQUEST_ID_HEADER};
 /// reused. The endpoints take no body, so a larger one is rejected with 413.
 const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 
+/// The most space a connection keeps for encoding its responses between
+/// requests, in bytes. Most responses are under 1 KiB, so reusing the space
+/// saves an allocation per request; a larger one gets its own.
+const MAX_KEPT_OUT: usize = 16 * 1024;
+
 /// The interim response sent to a client that waits for it before its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -376,11 +381,39 @@ async fn write_response(
     out.clear();
     response.encode(keep_alive, minor_version, out);
     let deadline = Instant::now() + limits.write_timeout;
-    match within(deadline, stream.write_all(out)).await {
+    let written = match within(deadline, stream.write_all(out)).await {
         Ok(result) => result.is_ok(),
         Err(TimedOut) => {
             reset_on_close(stream);
             false
         }
+    };
+    release_large(out);
+    written
+}
+
+/// Frees `out` once it has held a large response, so an idle kept-alive
+/// connection does not keep the space of its largest response, up to
+/// about 2 MiB, until it closes.
+fn release_large(out: &mut Vec<u8>) {
+    if out.capacity() > MAX_KEPT_OUT {
+        *out = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_response_space_is_released() {
+        let mut out = Vec::with_capacity(1024);
+        release_large(&mut out);
+        assert_eq!(out.capacity(), 1024);
+
+        let mut out = vec![0u8; 2 * 1024 * 1024];
+        out.clear();
+        release_large(&mut out);
+        assert_eq!(out.capacity(), 0);
     }
 }
