@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use support::{FakeUpstream, Gateway, Step, parse_response, read_one_response, read_until_closed};
 
-/// Well under the header timeout: a head that is complete must be answered
-/// at once, not when the timeout gives up on it.
+/// Well under the header timeout: a complete head must get its response at
+/// once, not when the timeout expires.
 const PROMPT: Duration = Duration::from_secs(2);
 
 /// Starts a gateway with a short header timeout, in front of an upstream that responds at once.
@@ -61,6 +61,11 @@ fn ambiguous_heads_are_400_and_close() {
         ),
         ("Content-Length list", "Content-Length: 0, 5\r\n"),
         ("signed Content-Length", "Content-Length: +0\r\n"),
+        ("hex Content-Length", "Content-Length: 0x0\r\n"),
+        (
+            "overflowing Content-Length",
+            "Content-Length: 184467440737095516160\r\n",
+        ),
     ];
     for (case, fields) in cases {
         let request = format!("GET /healthz HTTP/1.1\r\n{fields}\r\n0\r\n\r\n{next}");

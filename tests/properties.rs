@@ -35,7 +35,7 @@ fn framing_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 /// remove), and the byte to write.
 type Edit = (Index, u8, u8);
 
-/// One to three edits, with bytes biased toward those framing depends on.
+/// Generates one to three edits, with bytes biased toward those framing depends on.
 fn edits() -> impl Strategy<Value = Vec<Edit>> {
     let byte = prop_oneof![select(b"\r\n :;\t/?0aA{}\"".to_vec()), any::<u8>()];
     vec((any::<Index>(), 0u8..3, byte), 1..4)
@@ -372,13 +372,13 @@ fn outcome(result: Result<Option<(Request, usize)>, ParseError>) -> Outcome {
     })
 }
 
-/// A valid head with a few bytes replaced, inserted or removed.
+/// Generates a valid head with a few bytes replaced, inserted or removed.
 fn mutated_head() -> impl Strategy<Value = Vec<u8>> {
     (head(), edits()).prop_map(|(head, edits)| mutate(head.bytes, &edits))
 }
 
-/// A long run of one byte inside a head, so the small limits are crossed
-/// in the method, the target or a field.
+/// Generates a head with a long run of one byte, so the small limits are
+/// crossed in the method, the target or a field.
 fn long_head() -> impl Strategy<Value = Vec<u8>> {
     (0usize..3, 40usize..300, select(b"aG/ ".to_vec())).prop_map(|(place, length, byte)| {
         let run = String::from_utf8(vec![byte; length]).unwrap();
@@ -471,7 +471,7 @@ proptest! {
         edits in edits(),
     ) {
         let query = mutate(format!("x=1&timeout={ms}&y=%41").into_bytes(), &edits);
-        // The API sees the target as text; invalid UTF-8 never reaches it.
+        // The API receives the query as a `&str`, so invalid UTF-8 never reaches it.
         let query = String::from_utf8_lossy(&query);
         match parse_timeout(&query, 60_000) {
             Ok(timeout) => prop_assert!((1..=60_000).contains(&(timeout.as_millis() as u64))),
@@ -549,8 +549,8 @@ proptest! {
         members.extend(extra.iter().map(|(k, v)| format!("\"{k}\": {v}")));
         let body = mutate(format!("{{{}}}", members.join(", ")).into_bytes(), &edits);
         if let Ok(payload) = validate(&body) {
-            // The payload is a slice of the body, so validation holds no
-            // more than the body's own memory on success.
+            // The payload is a slice of the body, so a valid payload is
+            // never copied.
             let range = body.as_ptr_range();
             prop_assert!(range.contains(&payload.as_ptr()));
             prop_assert!(payload.len() <= body.len());

@@ -15,7 +15,7 @@ use crate::log::{self, Level};
 /// until something frees a descriptor, so retrying at once would spin.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 
-/// The longest pause between accept attempts while they keep failing.
+/// The maximum pause between accept attempts while they keep failing.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How often a burst of failures that has not ended is reported, so a

@@ -22,9 +22,9 @@ use crate::observe::{self, REQUEST_ID_HEADER};
 /// reused. The endpoints take no body, so a larger one is rejected with 413.
 const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 
-/// The most space a connection keeps for encoding its responses between
-/// requests, in bytes. Most responses are under 1 KiB, so reusing the space
-/// saves an allocation per request; a larger one gets its own.
+/// The maximum capacity, in bytes, that a connection keeps between requests
+/// for encoding its responses. Most responses are under 1 KiB, so reusing
+/// the space saves an allocation per request. A larger response gets its own.
 const MAX_KEPT_OUT: usize = 16 * 1024;
 
 /// The interim response sent to a client that waits for it before its body.

@@ -27,7 +27,7 @@ pub(super) const READ_CHUNK: usize = 4096;
 /// it failed.
 ///
 /// Past `max_buffered` the connection stops reading until the response is
-/// out, which also stops noticing a client that leaves; the request's own
+/// out, so it no longer notices a client that leaves. The request's own
 /// deadline still ends it.
 ///
 /// A client that shuts down only its sending side counts as gone too, as

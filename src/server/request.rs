@@ -18,13 +18,12 @@ pub const DEFAULT_MAX_HEADERS: usize = 64;
 /// that works behind them works here.
 pub const DEFAULT_MAX_TARGET: usize = 8 * 1024;
 
-/// The largest `--max-headers` accepted. httparse needs the array of
-/// header slots up front; one array of this size on the stack of each
-/// parse, left uninitialized, costs no allocation and no per-request
-/// initialization, where a heap array sized from the option would cost one
-/// allocation per request (its entries borrow the read buffer, so it cannot
-/// be kept across requests). 256 fields is four times the default, and far
-/// more than any real client sends.
+/// The largest `--max-headers` accepted. httparse fills an array of header
+/// slots that the caller provides. One uninitialized array of this size on
+/// the stack of each parse costs no allocation and no initialization. A heap
+/// array sized from the option would cost an allocation per request, because
+/// its entries borrow the read buffer and so cannot outlive one parse. 256
+/// fields is four times the default.
 pub const HEADERS_CEILING: usize = 256;
 
 /// The largest `--max-head-size` and `--max-target` accepted, in bytes.
@@ -32,8 +31,8 @@ pub const HEADERS_CEILING: usize = 256;
 pub const HEAD_CEILING: usize = 1024 * 1024;
 
 /// Room in a request line for the method, two spaces and the version
-/// around the target. A partial head with no line end past the target
-/// limit plus this is answered 414 without waiting for the rest.
+/// around the target. A head with no line end past the target limit plus
+/// this gets 414 without waiting for the rest.
 const REQUEST_LINE_EXTRA: usize = 32;
 
 /// The size limits on a request head; past them a request gets 431 or 414.
@@ -41,9 +40,9 @@ const REQUEST_LINE_EXTRA: usize = 32;
 pub struct HeadLimits {
     /// The largest head in bytes, request line and final empty line included; 431.
     pub max_head: usize,
-    /// The most header fields, at most [`HEADERS_CEILING`]; 431.
+    /// The maximum number of header fields, at most [`HEADERS_CEILING`]; 431.
     pub max_headers: usize,
-    /// The longest request target in bytes; 414.
+    /// The maximum length of a request target in bytes; 414.
     pub max_target: usize,
 }
 
@@ -244,13 +243,14 @@ pub fn parse(buffer: &[u8], limits: &HeadLimits) -> Result<Option<(Request, usiz
     Ok(Some((request, length)))
 }
 
-/// Rejects a head whose first line runs past the target limit plus
-/// [`REQUEST_LINE_EXTRA`] with no line end, with 414, so a client that
-/// sends an endless request line is answered without waiting for the rest.
+/// Rejects with 414 a head whose first line runs past the target limit plus
+/// [`REQUEST_LINE_EXTRA`] with no line end, so a client that sends an
+/// endless request line gets its response without sending the rest.
 ///
-/// The verdict is the same whether the bytes arrived at once or a few at a
-/// time: only the bytes up to the limit decide it, and when httparse already
-/// rejects those, its error wins, as it would on any shorter prefix.
+/// The result is the same whether the bytes arrived at once or a few at a
+/// time, because only the bytes up to the limit decide it. When httparse
+/// already rejects those bytes, its error wins, as it would on any shorter
+/// prefix.
 fn check_request_line(buffer: &[u8], limits: &HeadLimits) -> Result<(), ParseError> {
     let max_line = limits.max_target.saturating_add(REQUEST_LINE_EXTRA);
     if buffer.len() <= max_line {
@@ -267,11 +267,12 @@ fn check_request_line(buffer: &[u8], limits: &HeadLimits) -> Result<(), ParseErr
     }
 }
 
-/// Returns the path and query of `target`, in origin form.
+/// Returns the path and query of `target`, in origin form, or `None` when
+/// it is in neither origin form nor absolute form.
 ///
-/// An absolute-form target (RFC 9112, section 3.2.2) is what clients send to
-/// a proxy; a server must accept it too, and routes it by its path. Its
-/// authority is dropped: fanout serves one host. `None` for any other form.
+/// Clients send absolute-form targets (RFC 9112, section 3.2.2) to proxies,
+/// and a server must accept them too. The authority is dropped, because
+/// fanout serves one host.
 fn origin_form(target: &str) -> Option<String> {
     if target.starts_with('/') {
         return Some(target.to_string());
