@@ -360,6 +360,21 @@ fn head_limits_follow_the_options() {
 }
 
 #[test]
+fn long_method_is_414() {
+    let (_upstream, gateway) = gateway_with(&["--max-target-length", "100"]);
+    // Sent whole, the head is complete, so only its first line decides.
+    let request = format!("{} /healthz HTTP/1.1\r\n\r\n", "M".repeat(200));
+
+    let response = support::exchange(gateway.addr, request.as_bytes());
+
+    assert_eq!(response.status, 414);
+    assert_eq!(
+        response.error(),
+        "request line longer than 132 bytes: the target may be at most 100 bytes"
+    );
+}
+
+#[test]
 fn unknown_expectation_is_417() {
     let (_upstream, gateway) = gateway_with(&[]);
 

@@ -110,6 +110,9 @@ pub enum ParseError {
     InvalidTarget,
     /// A target longer than this many bytes.
     TargetTooLong(usize),
+    /// A request line with no end within the target limit, given here, plus
+    /// [`REQUEST_LINE_EXTRA`]: its target, or its method, is too long.
+    RequestLineTooLong(usize),
     /// An `Expect` other than `100-continue`.
     UnsupportedExpectation,
 }
@@ -118,7 +121,7 @@ impl ParseError {
     pub fn status(&self) -> u16 {
         match self {
             ParseError::HeadTooLarge(_) | ParseError::TooManyHeaders(_) => 431,
-            ParseError::TargetTooLong(_) => 414,
+            ParseError::TargetTooLong(_) | ParseError::RequestLineTooLong(_) => 414,
             ParseError::UnsupportedExpectation => 417,
             _ => 400,
         }
@@ -145,6 +148,11 @@ impl fmt::Display for ParseError {
             ParseError::TargetTooLong(max) => {
                 write!(f, "request target longer than {max} bytes")
             }
+            ParseError::RequestLineTooLong(max_target) => write!(
+                f,
+                "request line longer than {} bytes: the target may be at most {max_target} bytes",
+                max_target.saturating_add(REQUEST_LINE_EXTRA)
+            ),
             ParseError::UnsupportedExpectation => {
                 f.write_str("unsupported Expect: only 100-continue is accepted")
             }
@@ -263,7 +271,7 @@ fn check_request_line(buffer: &[u8], limits: &HeadLimits) -> Result<(), ParseErr
     let mut no_fields = [];
     match httparse::Request::new(&mut no_fields).parse(window) {
         Err(error) => Err(ParseError::Invalid(error)),
-        Ok(_) => Err(ParseError::TargetTooLong(limits.max_target)),
+        Ok(_) => Err(ParseError::RequestLineTooLong(limits.max_target)),
     }
 }
 
@@ -449,9 +457,10 @@ mod tests {
         line.resize(DEFAULT_MAX_TARGET + REQUEST_LINE_EXTRA + 1, b'a');
         assert_eq!(
             parse_default(&line),
-            Err(ParseError::TargetTooLong(DEFAULT_MAX_TARGET))
+            Err(ParseError::RequestLineTooLong(DEFAULT_MAX_TARGET))
         );
         assert_eq!(ParseError::TargetTooLong(1).status(), 414);
+        assert_eq!(ParseError::RequestLineTooLong(1).status(), 414);
     }
 
     #[test]
@@ -465,11 +474,15 @@ mod tests {
         let whole = format!("{method} /x HTTP/1.1\r\n\r\n");
         assert_eq!(
             parse(whole.as_bytes(), &limits),
-            Err(ParseError::TargetTooLong(64))
+            Err(ParseError::RequestLineTooLong(64))
         );
         assert_eq!(
             parse(&whole.as_bytes()[..97], &limits),
-            Err(ParseError::TargetTooLong(64))
+            Err(ParseError::RequestLineTooLong(64))
+        );
+        assert_eq!(
+            ParseError::RequestLineTooLong(64).to_string(),
+            "request line longer than 96 bytes: the target may be at most 64 bytes"
         );
 
         // A bad byte before the limit is reported as such, whole or in part.
