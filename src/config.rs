@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::log::{Format, Level};
-use crate::server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
+use crate::server::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, HEAD_CEILING,
+    HEADERS_CEILING, HeadLimits,
+};
 use crate::simulator::SimulatorConfig;
 use crate::upstream::UpstreamUrl;
 
@@ -69,7 +72,17 @@ pub struct Config {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// The size limits on a request head.
+    pub head: HeadLimits,
 }
+
+/// The smallest `--max-head-size` accepted, in bytes: room for a request
+/// line and the few fields every client sends.
+const MIN_HEAD_SIZE: u64 = 1024;
+
+/// The shortest `--max-target-length` accepted: room for the API's paths
+/// and a `timeout` parameter.
+const MIN_TARGET_LENGTH: u64 = 64;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -147,6 +160,9 @@ const MAX_IN_FLIGHT: usize = 13;
 const HEADER_TIMEOUT: usize = 14;
 const IDLE_TIMEOUT: usize = 15;
 const WRITE_TIMEOUT: usize = 16;
+const MAX_HEAD_SIZE: usize = 17;
+const MAX_HEADERS: usize = 18;
+const MAX_TARGET_LENGTH: usize = 19;
 
 const SERVE_OPTIONS: &[Spec] = &[
     Spec {
@@ -239,14 +255,14 @@ const SERVE_OPTIONS: &[Spec] = &[
         flag: "--header-timeout",
         env: "FANOUT_HEADER_TIMEOUT",
         value: Some("MS"),
-        help: "milliseconds for a request head and body from its first byte (then 408), and for a new connection's first byte",
+        help: "milliseconds for a new connection's first request head and body from accept, and for a later one's from its first byte (then 408)",
         default: "10000",
     },
     Spec {
         flag: "--idle-timeout",
         env: "FANOUT_IDLE_TIMEOUT",
         value: Some("MS"),
-        help: "milliseconds a kept-alive connection may wait for its next request",
+        help: "milliseconds a kept-alive connection may wait for its next request head, from the end of the previous response",
         default: "75000",
     },
     Spec {
@@ -255,6 +271,27 @@ const SERVE_OPTIONS: &[Spec] = &[
         value: Some("MS"),
         help: "milliseconds to write one response before the connection is closed",
         default: "10000",
+    },
+    Spec {
+        flag: "--max-head-size",
+        env: "FANOUT_MAX_HEAD_SIZE",
+        value: Some("BYTES"),
+        help: "maximum request head size, 1024 to 1048576 bytes; larger heads get 431",
+        default: "16384",
+    },
+    Spec {
+        flag: "--max-headers",
+        env: "FANOUT_MAX_HEADERS",
+        value: Some("N"),
+        help: "maximum number of header fields in a request, 1 to 256; more get 431",
+        default: "64",
+    },
+    Spec {
+        flag: "--max-target-length",
+        env: "FANOUT_MAX_TARGET_LENGTH",
+        value: Some("BYTES"),
+        help: "maximum request target length, 64 bytes to --max-head-size; longer targets get 414",
+        default: "8192, or --max-head-size if smaller",
     },
 ];
 
@@ -551,8 +588,33 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
         header_timeout: millis(values, HEADER_TIMEOUT, DEFAULT_HEADER_TIMEOUT)?,
         idle_timeout: millis(values, IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT)?,
         write_timeout: millis(values, WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT)?,
+        head: head_limits(values)?,
     };
     Ok(Command::Serve(Box::new(config)))
+}
+
+/// Reads the request head limits. The target must fit in a head, or a long
+/// one would get 431 before it could get 414.
+fn head_limits(values: &Values<'_>) -> Result<HeadLimits, ConfigError> {
+    let defaults = HeadLimits::default();
+    let max_head = values
+        .number(MAX_HEAD_SIZE, MIN_HEAD_SIZE..=HEAD_CEILING as u64)?
+        .map_or(defaults.max_head, |n| n as usize);
+    let max_headers = values
+        .number(MAX_HEADERS, 1..=HEADERS_CEILING as u64)?
+        .map_or(defaults.max_headers, |n| n as usize);
+    let max_target = values
+        .number(MAX_TARGET_LENGTH, MIN_TARGET_LENGTH..=HEAD_CEILING as u64)?
+        .map_or(defaults.max_target.min(max_head), |n| n as usize);
+    if max_target > max_head {
+        let expected = format!("at most --max-head-size ({max_head})");
+        return Err(values.invalid(MAX_TARGET_LENGTH, &expected));
+    }
+    Ok(HeadLimits {
+        max_head,
+        max_headers,
+        max_target,
+    })
 }
 
 /// Reads a duration in milliseconds, from 1 ms to one day.
@@ -724,6 +786,61 @@ mod tests {
         assert_eq!(config.header_timeout, Duration::from_millis(250));
         assert_eq!(config.idle_timeout, Duration::from_millis(500));
         assert_eq!(config.write_timeout, Duration::from_millis(60));
+    }
+
+    #[test]
+    fn head_limits_from_flags_and_environment() {
+        let defaults = serve(&[], &[]).head;
+        for (index, value) in [
+            (MAX_HEAD_SIZE, defaults.max_head),
+            (MAX_HEADERS, defaults.max_headers),
+        ] {
+            assert_eq!(SERVE_OPTIONS[index].default, value.to_string());
+        }
+        assert!(
+            SERVE_OPTIONS[MAX_TARGET_LENGTH]
+                .default
+                .starts_with(&defaults.max_target.to_string())
+        );
+        let small = serve(&["--max-head-size", "2048"], &[]).head;
+        assert_eq!(small.max_target, 2048);
+
+        let config = serve(
+            &["--max-head-size", "4096", "--max-headers=8"],
+            &[("FANOUT_MAX_TARGET_LENGTH", "100")],
+        );
+        let expected = HeadLimits {
+            max_head: 4096,
+            max_headers: 8,
+            max_target: 100,
+        };
+        assert_eq!(config.head, expected);
+    }
+
+    #[test]
+    fn head_limits_are_range_checked() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--max-head-size", "1023"],
+                "invalid --max-head-size \"1023\": expected a whole number from 1024 to 1048576",
+            ),
+            (
+                &["--max-headers", "257"],
+                "invalid --max-headers \"257\": expected a whole number from 1 to 256",
+            ),
+            (
+                &["--max-headers", "0"],
+                "invalid --max-headers \"0\": expected a whole number from 1 to 256",
+            ),
+            (
+                &["--max-head-size", "2048", "--max-target-length", "4096"],
+                "invalid --max-target-length \"4096\": expected at most --max-head-size (2048)",
+            ),
+        ];
+        for (args, message) in cases {
+            let error = parse_args(args, &[]).unwrap_err();
+            assert_eq!(error.to_string(), *message, "{args:?}");
+        }
     }
 
     #[test]

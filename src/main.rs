@@ -162,6 +162,7 @@ fn limits(config: &Config, descriptors: Option<u64>) -> Limits {
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,
         write_timeout: config.write_timeout,
+        head: config.head,
     };
     if !server::caps_fit(
         descriptors,

@@ -43,7 +43,7 @@ fn silent_connection_closes_after_header_timeout() {
 }
 
 #[test]
-fn trickled_head_times_out_from_first_byte() {
+fn trickled_head_gets_408_at_header_timeout() {
     let (_upstream, gateway) = gateway_with(&["--header-timeout", "400"]);
     let mut stream = gateway.connect();
     let mut writer = stream.try_clone().unwrap();
@@ -67,6 +67,43 @@ fn trickled_head_times_out_from_first_byte() {
     assert_eq!(response.header("connection"), Some("close"));
     assert!(response.error().contains("400 ms"), "{}", response.body);
     assert_about(elapsed, Duration::from_millis(400), "408");
+}
+
+#[test]
+fn first_head_times_out_from_accept() {
+    let (_upstream, gateway) = gateway_with(&["--header-timeout", "600"]);
+    let mut stream = gateway.connect();
+    let started = Instant::now();
+    // The first byte comes late; the rest of the head never does.
+    thread::sleep(Duration::from_millis(400));
+    stream.write_all(b"G").unwrap();
+
+    let (raw, _) = read_until_closed(&mut stream);
+    let elapsed = started.elapsed();
+
+    let response = parse_response(&raw).expect("a 408 response");
+    assert_eq!(response.status, 408);
+    assert_about(elapsed, Duration::from_millis(600), "408");
+}
+
+#[test]
+fn kept_alive_head_times_out_by_idle_timeout() {
+    let (_upstream, gateway) = gateway_with(&["--header-timeout", "2000", "--idle-timeout", "600"]);
+    let mut stream = gateway.connect();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one_response(&mut stream).status, 200);
+    let started = Instant::now();
+    // A late first byte leaves only what is left of the idle timeout.
+    thread::sleep(Duration::from_millis(400));
+    stream.write_all(b"G").unwrap();
+
+    let (raw, _) = read_until_closed(&mut stream);
+    let elapsed = started.elapsed();
+
+    assert_eq!(parse_response(&raw).expect("a 408 response").status, 408);
+    assert_about(elapsed, Duration::from_millis(600), "408");
 }
 
 #[test]
@@ -271,6 +308,72 @@ fn long_target_is_414() {
     assert!(response.error().contains("8192"), "{}", response.body);
 }
 
+/// Sends `head` on a new connection and returns the response's status.
+fn status_of(gateway: &Gateway, head: &str) -> u16 {
+    support::exchange(gateway.addr, head.as_bytes()).status
+}
+
+#[test]
+fn head_limits_follow_the_options() {
+    let upstream = FakeUpstream::start(Vec::new());
+    let url = upstream.url();
+    let gateway = Gateway::start_with_env(
+        &[
+            "--upstream",
+            &url,
+            "--max-head-size",
+            "2048",
+            "--max-headers=8",
+        ],
+        &[("FANOUT_MAX_TARGET_LENGTH", "100")],
+    );
+
+    // A target of exactly 100 bytes passes, 101 gets 414.
+    let target = |length: usize| format!("/healthz?{}", "a".repeat(length - 9));
+    let request = |target: &str| format!("GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&gateway, &request(&target(100))), 200);
+    let long = support::exchange(gateway.addr, request(&target(101)).as_bytes());
+    assert_eq!(long.status, 414);
+    assert_eq!(long.error(), "request target longer than 100 bytes");
+
+    // Eight fields (Connection plus seven) pass, nine get 431.
+    let fields = |count: usize| {
+        let extra: String = (1..count).map(|i| format!("X-{i}: 1\r\n")).collect();
+        format!("GET /healthz HTTP/1.1\r\nConnection: close\r\n{extra}\r\n")
+    };
+    assert_eq!(status_of(&gateway, &fields(8)), 200);
+    let many = support::exchange(gateway.addr, fields(9).as_bytes());
+    assert_eq!(many.status, 431);
+    assert_eq!(many.error(), "more than 8 header fields");
+
+    // A head of exactly 2048 bytes passes, 2049 gets 431.
+    let sized = |size: usize| {
+        let start = "GET /healthz HTTP/1.1\r\nConnection: close\r\nX-Pad: ";
+        let pad = "a".repeat(size - start.len() - 4);
+        format!("{start}{pad}\r\n\r\n")
+    };
+    assert_eq!(sized(2048).len(), 2048);
+    assert_eq!(status_of(&gateway, &sized(2048)), 200);
+    let large = support::exchange(gateway.addr, sized(2049).as_bytes());
+    assert_eq!(large.status, 431);
+    assert_eq!(large.error(), "request head larger than 2048 bytes");
+}
+
+#[test]
+fn long_method_is_414() {
+    let (_upstream, gateway) = gateway_with(&["--max-target-length", "100"]);
+    // Sent whole, the head is complete, so only its first line decides.
+    let request = format!("{} /healthz HTTP/1.1\r\n\r\n", "M".repeat(200));
+
+    let response = support::exchange(gateway.addr, request.as_bytes());
+
+    assert_eq!(response.status, 414);
+    assert_eq!(
+        response.error(),
+        "request line longer than 132 bytes: the target may be at most 100 bytes"
+    );
+}
+
 #[test]
 fn unknown_expectation_is_417() {
     let (_upstream, gateway) = gateway_with(&[]);
@@ -327,6 +430,12 @@ fn help_lists_the_limits() {
         "FANOUT_IDLE_TIMEOUT",
         "--write-timeout",
         "FANOUT_WRITE_TIMEOUT",
+        "--max-head-size",
+        "FANOUT_MAX_HEAD_SIZE",
+        "--max-headers",
+        "FANOUT_MAX_HEADERS",
+        "--max-target-length",
+        "FANOUT_MAX_TARGET_LENGTH",
     ] {
         assert!(help.contains(option), "{option} missing from help");
     }

@@ -1,14 +1,16 @@
 //! Property tests of the pure parsers that read bytes from clients and the
 //! upstream: the request parser, the query parser, the chunked decoder and
-//! the payload validator. The upstream response reader has its own, beside
-//! it in `src/upstream/response.rs`.
+//! the payload validator. Random, mutated and oversized inputs never panic
+//! and stay within the parsers' bounds, and the incremental parsers give the
+//! same result however their input is split. The upstream response reader
+//! has its own, beside it in `src/upstream/response.rs`.
 //!
 //! Case counts are fixed so the whole file runs in a few seconds in CI.
 
 use std::time::Duration;
 
 use fanout::api::{QueryError, parse_timeout};
-use fanout::server::{MAX_HEAD, MAX_TARGET, ParseError, parse};
+use fanout::server::{DEFAULT_MAX_HEAD, DEFAULT_MAX_TARGET, HeadLimits, ParseError, Request};
 use fanout::upstream::{ChunkedDecoder, ChunkedError, PayloadError, validate};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -27,6 +29,32 @@ fn config() -> ProptestConfig {
 fn framing_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     let alphabet = b"\r\n :;=0123456789abcdefABCDEF/?&%+GETHP.\t\x00\xff".to_vec();
     vec(prop_oneof![select(alphabet), any::<u8>()].boxed(), 0..max)
+}
+
+/// One edit of a byte string: where, which kind (replace, insert,
+/// remove), and the byte to write.
+type Edit = (Index, u8, u8);
+
+/// Generates one to three edits, with bytes biased toward those framing depends on.
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let byte = prop_oneof![select(b"\r\n :;\t/?0aA{}\"".to_vec()), any::<u8>()];
+    vec((any::<Index>(), 0u8..3, byte), 1..4)
+}
+
+/// Applies `edits` to `bytes` in turn.
+fn mutate(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for (at, kind, byte) in edits {
+        let at = at.index(bytes.len() + 1);
+        match kind {
+            0 if at < bytes.len() => bytes[at] = *byte,
+            1 => bytes.insert(at, *byte),
+            _ if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            _ => {}
+        }
+    }
+    bytes
 }
 
 // The chunked decoder.
@@ -118,6 +146,52 @@ proptest! {
     }
 
     #[test]
+    fn mutated_chunked_result_does_not_depend_on_splits(
+        body in vec(any::<u8>(), 0..120),
+        sizes in vec(1usize..40, 1..6),
+        extension in any::<bool>(),
+        edits in edits(),
+        cuts in vec(any::<Index>(), 1..5),
+    ) {
+        let input = mutate(encode_chunked(&body, &sizes, extension, &[]), &edits);
+        let max_body = body.len() + 8;
+        let (whole_body, whole) = decode_in_pieces(&input, &[], max_body);
+        let (split_body, split) = decode_in_pieces(&input, &cuts, max_body);
+        prop_assert_eq!(&whole, &split);
+        // After an error the partial body is thrown away, and how much of
+        // it was decoded depends on where the pieces ended.
+        if whole.is_ok() {
+            prop_assert_eq!(&whole_body, &split_body);
+        }
+        prop_assert!(whole_body.len() <= max_body);
+        prop_assert!(split_body.len() <= max_body);
+    }
+
+    #[test]
+    fn chunked_endless_extension_fails(
+        length in 1100usize..4000,
+        cuts in vec(any::<Index>(), 0..4),
+    ) {
+        // Past the decoder's 1 KiB bound on an extension.
+        let mut input = format!("5;{}", "x".repeat(length)).into_bytes();
+        input.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        let (body, outcome) = decode_in_pieces(&input, &cuts, 64);
+        prop_assert_eq!(outcome, Err(ChunkedError::ExtensionTooLong));
+        prop_assert!(body.is_empty());
+    }
+
+    #[test]
+    fn chunked_size_overflow_fails(
+        digits in "[1-9a-fA-F][0-9a-fA-F]{16,40}",
+        cuts in vec(any::<Index>(), 0..4),
+    ) {
+        let input = format!("{digits}\r\nhello\r\n0\r\n\r\n").into_bytes();
+        let (body, outcome) = decode_in_pieces(&input, &cuts, 64);
+        prop_assert_eq!(outcome, Err(ChunkedError::SizeOverflow));
+        prop_assert!(body.is_empty());
+    }
+
+    #[test]
     fn chunked_body_over_the_cap_fails(
         body in vec(any::<u8>(), 1..200),
         sizes in vec(1usize..40, 1..6),
@@ -130,6 +204,11 @@ proptest! {
 }
 
 // The request parser.
+
+/// Parses a request head with the default limits.
+fn parse_head(input: &[u8]) -> Result<Option<(Request, usize)>, ParseError> {
+    fanout::server::parse(input, &HeadLimits::default())
+}
 
 /// A request head built from parts, and what parsing it must give.
 #[derive(Debug, Clone)]
@@ -204,7 +283,7 @@ proptest! {
         // Bytes of a pipelined request after the head change nothing.
         input.extend_from_slice(&next);
 
-        let (request, length) = parse(&input).unwrap().unwrap();
+        let (request, length) = parse_head(&input).unwrap().unwrap();
 
         prop_assert_eq!(length, head.bytes.len());
         prop_assert_eq!(&request.method, &head.method);
@@ -217,18 +296,18 @@ proptest! {
     #[test]
     fn request_prefix_needs_more(head in head(), cut in any::<Index>()) {
         let cut = cut.index(head.bytes.len());
-        prop_assert_eq!(parse(&head.bytes[..cut]), Ok(None));
+        prop_assert_eq!(parse_head(&head.bytes[..cut]), Ok(None));
     }
 
     #[test]
     fn request_parse_never_panics_and_stays_in_bounds(input in framing_bytes(400)) {
-        match parse(&input) {
+        match parse_head(&input) {
             Ok(Some((request, length))) => {
-                prop_assert!(length <= input.len() && length <= MAX_HEAD);
+                prop_assert!(length <= input.len() && length <= DEFAULT_MAX_HEAD);
                 prop_assert!(request.target.starts_with('/'));
-                prop_assert!(request.target.len() <= MAX_TARGET);
+                prop_assert!(request.target.len() <= DEFAULT_MAX_TARGET);
             }
-            Ok(None) => prop_assert!(input.len() < MAX_HEAD),
+            Ok(None) => prop_assert!(input.len() < DEFAULT_MAX_HEAD),
             Err(error) => prop_assert!([400, 414, 417, 431].contains(&error.status())),
         }
     }
@@ -239,11 +318,107 @@ proptest! {
         // A header line with no colon.
         let at = input.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
         input.splice(at..at, format!("{garbage}\r\n").into_bytes());
-        let result = parse(&input);
+        let result = parse_head(&input);
         prop_assert!(
             matches!(result, Err(ParseError::Invalid(_))),
             "{:?}", result
         );
+    }
+}
+
+/// Small limits, so random heads of a few hundred bytes reach the 414 and 431 paths.
+const SMALL: HeadLimits = HeadLimits {
+    max_head: 256,
+    max_headers: 6,
+    max_target: 64,
+};
+
+/// Parses `input` as a connection reads it: the prefixes ending at `cuts`
+/// in turn, then the whole, stopping at the first prefix that gives a
+/// request or an error.
+fn parse_incrementally(
+    input: &[u8],
+    cuts: &[Index],
+    limits: &HeadLimits,
+) -> Result<Option<(Request, usize)>, ParseError> {
+    let mut points: Vec<usize> = cuts.iter().map(|cut| cut.index(input.len() + 1)).collect();
+    points.sort_unstable();
+    for end in points {
+        let result = fanout::server::parse(&input[..end], limits);
+        if !matches!(result, Ok(None)) {
+            return result;
+        }
+    }
+    fanout::server::parse(input, limits)
+}
+
+/// The fields of a parse result that do not depend on randomness: the
+/// request id and trace are generated anew for each parse.
+type Outcome = Result<Option<(String, String, u8, bool, u64, bool, usize)>, ParseError>;
+
+fn outcome(result: Result<Option<(Request, usize)>, ParseError>) -> Outcome {
+    result.map(|parsed| {
+        parsed.map(|(request, length)| {
+            (
+                request.method,
+                request.target,
+                request.minor_version,
+                request.keep_alive,
+                request.content_length,
+                request.expect_continue,
+                length,
+            )
+        })
+    })
+}
+
+/// Generates a valid head with a few bytes replaced, inserted or removed.
+fn mutated_head() -> impl Strategy<Value = Vec<u8>> {
+    (head(), edits()).prop_map(|(head, edits)| mutate(head.bytes, &edits))
+}
+
+/// Generates a head with a long run of one byte, so the small limits are
+/// crossed in the method, the target or a field.
+fn long_head() -> impl Strategy<Value = Vec<u8>> {
+    (0usize..3, 40usize..300, select(b"aG/ ".to_vec())).prop_map(|(place, length, byte)| {
+        let run = String::from_utf8(vec![byte; length]).unwrap();
+        let text = match place {
+            0 => format!("{run} /x HTTP/1.1\r\n\r\n"),
+            1 => format!("GET /{run} HTTP/1.1\r\n\r\n"),
+            _ => format!("GET /x HTTP/1.1\r\nX: {run}\r\n\r\n"),
+        };
+        text.into_bytes()
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn request_result_does_not_depend_on_splits(
+        input in prop_oneof![framing_bytes(300), mutated_head(), long_head()],
+        cuts in vec(any::<Index>(), 1..6),
+    ) {
+        // A connection reads at most one byte past the head limit.
+        let input = &input[..input.len().min(SMALL.max_head + 1)];
+        let whole = outcome(fanout::server::parse(input, &SMALL));
+        let split = outcome(parse_incrementally(input, &cuts, &SMALL));
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn request_parse_stays_within_small_limits(
+        input in prop_oneof![framing_bytes(300), mutated_head(), long_head()],
+    ) {
+        match fanout::server::parse(&input, &SMALL) {
+            Ok(Some((request, length))) => {
+                prop_assert!(length <= SMALL.max_head);
+                prop_assert!(request.target.len() <= SMALL.max_target);
+            }
+            // Waiting for more never lets a connection buffer past the limit.
+            Ok(None) => prop_assert!(input.len() < SMALL.max_head),
+            Err(error) => prop_assert!([400, 414, 417, 431].contains(&error.status())),
+        }
     }
 }
 
@@ -288,6 +463,24 @@ proptest! {
     fn query_rejects_out_of_range(ms in prop_oneof![Just(0u64), 60_001u64..u64::MAX]) {
         let result = parse_timeout(&format!("timeout={ms}"), 60_000);
         prop_assert_eq!(result, Err(QueryError::Invalid(ms.to_string())));
+    }
+
+    #[test]
+    fn mutated_query_never_panics_and_stays_in_range(
+        ms in 1u64..=60_000,
+        edits in edits(),
+    ) {
+        let query = mutate(format!("x=1&timeout={ms}&y=%41").into_bytes(), &edits);
+        // The API receives the query as a `&str`, so invalid UTF-8 never reaches it.
+        let query = String::from_utf8_lossy(&query);
+        match parse_timeout(&query, 60_000) {
+            Ok(timeout) => prop_assert!((1..=60_000).contains(&(timeout.as_millis() as u64))),
+            // An error repeats at most the query's own bytes.
+            Err(QueryError::Invalid(value) | QueryError::InvalidEscape(value)) => {
+                prop_assert!(value.len() <= query.len());
+            }
+            Err(_) => {}
+        }
     }
 
     #[test]
@@ -344,6 +537,34 @@ proptest! {
         let body = format!("{{\"time\": {time}}}");
         let result = validate(body.as_bytes());
         prop_assert!(matches!(result, Err(PayloadError::TimeInvalid(_))), "{} gave {:?}", body, result);
+    }
+
+    #[test]
+    fn mutated_payload_is_judged_without_copying(
+        time in any::<u64>(),
+        extra in vec(("[a-s]{1,6}", 0i64..1000), 0..3),
+        edits in edits(),
+    ) {
+        let mut members = vec![format!("\"time\": {time}")];
+        members.extend(extra.iter().map(|(k, v)| format!("\"{k}\": {v}")));
+        let body = mutate(format!("{{{}}}", members.join(", ")).into_bytes(), &edits);
+        if let Ok(payload) = validate(&body) {
+            // The payload is a slice of the body, so a valid payload is
+            // never copied.
+            let range = body.as_ptr_range();
+            prop_assert!(range.contains(&payload.as_ptr()));
+            prop_assert!(payload.len() <= body.len());
+            let value: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            prop_assert!(value["time"].is_u64());
+        }
+    }
+
+    #[test]
+    fn deeply_nested_payload_is_rejected(depth in 100usize..5000, object in any::<bool>()) {
+        // serde_json stops at a nesting depth of 128 instead of overflowing the stack.
+        let (open, close) = if object { ("{\"a\":", "}") } else { ("[", "]") };
+        let body = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+        prop_assert!(validate(body.as_bytes()).is_err());
     }
 
     #[test]

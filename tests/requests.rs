@@ -140,7 +140,7 @@ fn unknown_path_is_404() {
 #[test]
 fn other_methods_are_405_with_allow() {
     let (_upstream, gateway) = gateway();
-    for method in ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"] {
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
         let request = format!(
             "{method} /api/first?timeout=100 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
@@ -158,6 +158,37 @@ fn other_methods_are_405_with_allow() {
 }
 
 #[test]
+fn head_is_405_without_body() {
+    let (_upstream, gateway) = gateway();
+    let request = b"HEAD /api/first?timeout=100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let raw = send_raw(gateway.addr, request);
+    let text = String::from_utf8_lossy(&raw);
+    let response = parse_response(&raw).unwrap_or_else(|| panic!("{text:?}"));
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("GET"));
+    assert_eq!(response.header("content-length"), Some("0"));
+    assert!(text.ends_with("\r\n\r\n"), "bytes after the head: {text:?}");
+}
+
+#[test]
+fn head_then_get_keeps_framing() {
+    let (_upstream, gateway) = gateway();
+    let mut stream = gateway.connect();
+    stream
+        .write_all(b"HEAD /api/first?timeout=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = support::read_head_only(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 405 "), "{head:?}");
+
+    stream
+        .write_all(b"GET /api/first?timeout=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let response = read_one_response(&mut stream);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.json()["time"].is_u64(), "{}", response.body);
+}
+
+#[test]
 fn unparsable_request_is_400() {
     let (_upstream, gateway) = gateway();
     let cases: &[&[u8]] = &[
@@ -165,7 +196,9 @@ fn unparsable_request_is_400() {
         b"GET /api/all HTTP/9.9\r\n\r\n",
         b"GET /api/all?timeout=5 HTTP/1.1\r\nBad Header\r\n\r\n",
         b"GET /api/all?timeout=5 HTTP/1.1\r\nContent-Length: 5x\r\n\r\n",
-        b"GET http://host/api/all?timeout=5 HTTP/1.1\r\n\r\n",
+        b"GET * HTTP/1.1\r\n\r\n",
+        b"GET fanout:80 HTTP/1.1\r\n\r\n",
+        b"GET ftp://host/api/all?timeout=5 HTTP/1.1\r\n\r\n",
     ];
     for request in cases {
         let response = exchange(gateway.addr, request);
@@ -178,6 +211,37 @@ fn unparsable_request_is_400() {
         assert!(!response.error().is_empty());
         assert_eq!(response.header("connection"), Some("close"));
     }
+}
+
+#[test]
+fn other_target_forms_are_400_with_reason() {
+    let (_upstream, gateway) = gateway();
+    for target in ["*", "fanout:80"] {
+        let request = format!("OPTIONS {target} HTTP/1.1\r\nHost: fanout\r\n\r\n");
+        let response = exchange(gateway.addr, request.as_bytes());
+        assert_eq!(response.status, 400, "{target}");
+        assert!(
+            response.error().starts_with("invalid request target"),
+            "{target}: {}",
+            response.body
+        );
+    }
+}
+
+#[test]
+fn absolute_form_target_is_routed_by_path() {
+    let (_upstream, gateway) = gateway();
+    let request = b"GET http://elsewhere.example/api/first?timeout=1000 HTTP/1.1\r\nHost: fanout\r\nConnection: close\r\n\r\n";
+    let response = exchange(gateway.addr, request);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.json()["time"].is_u64(), "{}", response.body);
+
+    let unknown = exchange(
+        gateway.addr,
+        b"GET http://fanout/nowhere HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.error().contains("\"/nowhere\""), "{}", unknown.body);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use super::io::{READ_CHUNK, TimedOut, linger, read_ahead, read_more, reset_on_close, within};
 use super::limits::Limits;
-use super::request::{self, MAX_HEAD, ParseError, Request};
+use super::request::{self, HeadLimits, ParseError, Request};
 use super::shutdown::Shutdown;
 use super::{Handler, Response};
 use crate::log::{self, Level};
@@ -21,6 +21,11 @@ use crate::observe::{self, REQUEST_ID_HEADER};
 /// The largest request body read and thrown away so the connection can be
 /// reused. The endpoints take no body, so a larger one is rejected with 413.
 const MAX_DISCARDED_BODY: u64 = 64 * 1024;
+
+/// The maximum capacity, in bytes, that a connection keeps between requests
+/// for encoding its responses. Most responses are under 1 KiB, so reusing
+/// the space saves an allocation per request. A larger response gets its own.
+const MAX_KEPT_OUT: usize = 16 * 1024;
 
 /// The interim response sent to a client that waits for it before its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -64,8 +69,8 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
     let limits = &shared.limits;
     let mut buffer = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::new();
-    // A client that opens a connection has a request to send, so the wait
-    // for its first byte gets the header timeout, not the idle one.
+    // A client that opens a connection has a request to send, so its first
+    // head gets the header timeout from accept, not the idle one.
     let mut idle_until = Instant::now() + limits.header_timeout;
     loop {
         let (request, deadline) =
@@ -97,7 +102,12 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
         let Some((response, keep_alive)) = answered.await else {
             return;
         };
-        let response = response.with_header(REQUEST_ID_HEADER, request.request_id.clone());
+        let mut response = response.with_header(REQUEST_ID_HEADER, request.request_id.clone());
+        if request.method == "HEAD" {
+            // A client reads no body after a HEAD response, whatever its
+            // status, so a body sent anyway would be read as the next response.
+            response = response.without_body();
+        }
 
         // Once draining, each connection closes after the response it owes.
         let keep_alive = keep_alive && !shared.shutdown.is_draining();
@@ -189,8 +199,10 @@ async fn answer<H: Handler>(
     };
 
     let handled = async { Some(handler.handle(request, received_at).await) };
+    // Room for one more head at its largest.
+    let max_read_ahead = shared.limits.head.max_head;
     let client_left = async {
-        read_ahead(stream, buffer).await;
+        read_ahead(stream, buffer, max_read_ahead).await;
         None
     };
     // The handler is polled first, so an answer ready in the same wakeup as
@@ -221,7 +233,7 @@ impl ReadError {
             ReadError::Parse(error) => Response::error(error.status(), &error.to_string()),
             _ => {
                 let message = format!(
-                    "request not complete within {} ms of its first byte",
+                    "request not complete within the header timeout of {} ms",
                     header_timeout.as_millis()
                 );
                 Response::error(408, &message)
@@ -231,12 +243,15 @@ impl ReadError {
 }
 
 /// Waits for the first byte of the next request until `idle_until`, then
-/// reads its head within the header timeout, keeping any bytes past it in
-/// `buffer` for the next request.
+/// reads its head, keeping any bytes past it in `buffer` for the next
+/// request.
 ///
-/// Returns the request and the deadline for its body: the header timeout
-/// counts from the first byte of the request, or from the moment the server
-/// takes it up when it was pipelined and already buffered.
+/// Returns the request and the deadline for its head and body: the header
+/// timeout from the request's first byte, or from the moment the server
+/// takes it up when it was pipelined and already buffered, and never later
+/// than `idle_until`. On a new connection `idle_until` is the header timeout
+/// from accept, so a client that sends its first byte late gets no more
+/// time for the rest.
 async fn next_request(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
@@ -262,22 +277,28 @@ async fn next_request(
         first_byte.or(stop).await?;
     }
 
-    let deadline = Instant::now() + shared.limits.header_timeout;
-    match within(deadline, read_head(stream, buffer)).await {
+    let deadline = (Instant::now() + shared.limits.header_timeout).min(idle_until);
+    let head = read_head(stream, buffer, &shared.limits.head);
+    match within(deadline, head).await {
         Ok(result) => result.map(|request| (request, deadline)),
         Err(TimedOut) => Err(ReadError::TimedOut),
     }
 }
 
 /// Reads until `buffer` starts with a complete head, and takes it off.
-async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Request, ReadError> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    limits: &HeadLimits,
+) -> Result<Request, ReadError> {
     loop {
-        if let Some((request, length)) = request::parse(buffer).map_err(ReadError::Parse)? {
+        let parsed = request::parse(buffer, limits).map_err(ReadError::Parse)?;
+        if let Some((request, length)) = parsed {
             buffer.drain(..length);
             return Ok(request);
         }
         // Reading at most up to the head limit keeps the buffer bounded.
-        let room = (MAX_HEAD + 1).saturating_sub(buffer.len());
+        let room = (limits.max_head + 1).saturating_sub(buffer.len());
         match read_more(stream, buffer, room).await {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}
@@ -360,11 +381,39 @@ async fn write_response(
     out.clear();
     response.encode(keep_alive, minor_version, out);
     let deadline = Instant::now() + limits.write_timeout;
-    match within(deadline, stream.write_all(out)).await {
+    let written = match within(deadline, stream.write_all(out)).await {
         Ok(result) => result.is_ok(),
         Err(TimedOut) => {
             reset_on_close(stream);
             false
         }
+    };
+    release_large(out);
+    written
+}
+
+/// Frees `out` once it has held a large response, so an idle kept-alive
+/// connection does not keep the space of its largest response, up to
+/// about 2 MiB, until it closes.
+fn release_large(out: &mut Vec<u8>) {
+    if out.capacity() > MAX_KEPT_OUT {
+        *out = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_response_space_is_released() {
+        let mut out = Vec::with_capacity(1024);
+        release_large(&mut out);
+        assert_eq!(out.capacity(), 1024);
+
+        let mut out = vec![0u8; 2 * 1024 * 1024];
+        out.clear();
+        release_large(&mut out);
+        assert_eq!(out.capacity(), 0);
     }
 }

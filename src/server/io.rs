@@ -10,14 +10,6 @@ use async_io::Timer;
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, FutureExt, future};
 
-use super::request::MAX_HEAD;
-
-/// The most bytes of later pipelined requests read while a request is in
-/// flight: room for one more head at its largest. Past it the connection
-/// stops reading until the response is out, which also stops noticing a
-/// client that leaves; the request's own deadline still ends it.
-const MAX_READ_AHEAD: usize = MAX_HEAD;
-
 /// How long a closing connection keeps reading after the last response.
 /// Closing a socket with unread input makes the kernel send a reset, which
 /// can destroy the response before the client reads it; draining first lets
@@ -31,15 +23,19 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 pub(super) const READ_CHUNK: usize = 4096;
 
 /// Reads bytes of later pipelined requests into `buffer`, up to
-/// [`MAX_READ_AHEAD`], and returns once the client has closed the
-/// connection or it failed.
+/// `max_buffered`, and returns once the client has closed the connection or
+/// it failed.
+///
+/// Past `max_buffered` the connection stops reading until the response is
+/// out, so it no longer notices a client that leaves. The request's own
+/// deadline still ends it.
 ///
 /// A client that shuts down only its sending side counts as gone too, as
 /// in nginx and Go's server: nothing tells that apart from a client that
 /// gave up.
-pub(super) async fn read_ahead(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
-    while buffer.len() < MAX_READ_AHEAD {
-        match read_more(stream, buffer, MAX_READ_AHEAD - buffer.len()).await {
+pub(super) async fn read_ahead(stream: &mut TcpStream, buffer: &mut Vec<u8>, max_buffered: usize) {
+    while buffer.len() < max_buffered {
+        match read_more(stream, buffer, max_buffered - buffer.len()).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

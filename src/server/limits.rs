@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
+use super::request::HeadLimits;
+
 /// The default for `--header-timeout`. A client sends this API's heads,
 /// well under 2 KiB, in one packet; 10 s tolerates a stalled mobile link yet
 /// frees a slot held by a client that trickles its head byte by byte.
@@ -43,13 +45,17 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests counted against the cap being answered at once; more get 503.
     pub max_in_flight: usize,
-    /// For a request head (and body) from its first byte, and for the first
-    /// byte on a new connection.
+    /// For a new connection's first request head (and body) from accept,
+    /// and for a later request's from its first byte.
     pub header_timeout: Duration,
-    /// For the first byte of the next request on a kept-alive connection.
+    /// For the next request on a kept-alive connection, from the end of the
+    /// previous response: its first byte, and its whole head, arrive within it.
     pub idle_timeout: Duration,
     /// For writing one response.
     pub write_timeout: Duration,
+    /// The sizes of a request head. Each connection buffers at most one
+    /// head of `head.max_head` bytes, so they bound its memory.
+    pub head: HeadLimits,
 }
 
 /// Raises the soft descriptor limit to the hard limit, and returns the soft limit then in force.

@@ -5,6 +5,7 @@
 //! The server knows nothing of the endpoints; the router it is handed decides
 //! every response.
 
+mod accept;
 mod conn;
 mod io;
 mod limits;
@@ -14,23 +15,24 @@ mod shutdown;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_io::Timer;
-use async_net::{TcpListener, TcpStream};
+use async_net::TcpListener;
 use futures_lite::FutureExt;
 use smol::Executor;
 use smol::channel::{self, Sender};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use self::conn::Shared;
-use crate::log::{self, Level};
 
 pub use self::limits::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Limits,
     RESERVED_DESCRIPTORS, caps_fit, default_caps, raise_descriptor_limit,
 };
-pub use self::request::{MAX_HEAD, MAX_HEADERS, MAX_TARGET, ParseError, Request, parse};
+pub use self::request::{
+    DEFAULT_MAX_HEAD, DEFAULT_MAX_HEADERS, DEFAULT_MAX_TARGET, HEAD_CEILING, HEADERS_CEILING,
+    HeadLimits, ParseError, Request, parse,
+};
 pub use self::response::Response;
 pub use self::shutdown::Shutdown;
 
@@ -50,13 +52,6 @@ pub trait Handler: Send + Sync + 'static {
         true
     }
 }
-
-/// The first pause after a failed accept. Failures such as EMFILE repeat
-/// until something frees a descriptor, so retrying at once would spin.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-
-/// The longest pause between accept attempts while they keep failing.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What a connection task holds while it runs.
 struct Slot {
@@ -85,13 +80,13 @@ pub async fn serve<H: Handler>(
     });
     let (open, all_closed) = channel::bounded::<()>(1);
 
-    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut backoff = accept::Backoff::new();
     loop {
         let stop = async {
             shutdown.draining().await;
             None
         };
-        let next = async { Some(accept(&listener, &connections, &mut backoff).await) };
+        let next = async { Some(accept::accept(&listener, &connections, &mut backoff).await) };
         // Draining is polled first, so a backlog of waiting connections
         // cannot keep the loop accepting after the signal.
         let Some((stream, permit)) = stop.or(next).await else {
@@ -110,39 +105,12 @@ pub async fn serve<H: Handler>(
             .detach();
     }
 
+    // Failures of a burst that the drain cut short are still reported.
+    backoff.report(Instant::now());
     // Closing the listener refuses new connections at once, rather than
     // leaving them in a backlog that nobody will accept from.
     drop(listener);
     drop(open);
     // Every receive fails once the last connection has dropped its sender.
     let _ = all_closed.recv().await;
-}
-
-/// Takes a slot under the connection cap, then accepts the next connection.
-///
-/// Waiting for the slot first leaves connections past the cap in the
-/// kernel's listen backlog, where they cost no descriptor of ours.
-async fn accept(
-    listener: &TcpListener,
-    connections: &Arc<Semaphore>,
-    backoff: &mut Duration,
-) -> (TcpStream, SemaphoreGuardArc) {
-    let permit = connections.acquire_arc().await;
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                *backoff = ACCEPT_BACKOFF_MIN;
-                return (stream, permit);
-            }
-            Err(error) => {
-                log::event(
-                    Level::Warn,
-                    "accept failed",
-                    &[("error", &error), ("retry_in_ms", &backoff.as_millis())],
-                );
-                Timer::after(*backoff).await;
-                *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
-            }
-        }
-    }
 }

@@ -45,6 +45,17 @@ impl Response {
         Response::json(status, body)
     }
 
+    /// Drops the body, for a response to `HEAD`, which carries none.
+    ///
+    /// The head then says `Content-Length: 0`. RFC 9110 lets a HEAD response
+    /// give the length a GET would get instead, but no handler computes
+    /// that, and a length of 0 keeps a client that reads a body anyway in
+    /// step with the connection.
+    pub fn without_body(mut self) -> Response {
+        self.body.clear();
+        self
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self

@@ -35,7 +35,22 @@ impl Gateway {
 
     /// Starts the gateway with `args` and only the environment variables `env`.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        Gateway::start_under(&[], args, env)
+    }
+
+    /// Starts the gateway as `wrapper` followed by the gateway's path and
+    /// `args`; the wrapper must exec the gateway, so the pid stays its own.
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let binary = env!("CARGO_BIN_EXE_fanout");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_clear()
@@ -260,8 +275,8 @@ pub fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     })
 }
 
-/// Reads exactly one Content-Length framed response from a kept-alive connection.
-pub fn read_one_response(stream: &mut TcpStream) -> HttpResponse {
+/// Reads one response head, and nothing after it, from a kept-alive connection.
+pub fn read_head_only(stream: &mut TcpStream) -> String {
     let mut raw = Vec::new();
     let mut byte = [0u8; 1];
     while !raw.ends_with(b"\r\n\r\n") {
@@ -273,6 +288,12 @@ pub fn read_one_response(stream: &mut TcpStream) -> HttpResponse {
         );
         raw.push(byte[0]);
     }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Reads exactly one Content-Length framed response from a kept-alive connection.
+pub fn read_one_response(stream: &mut TcpStream) -> HttpResponse {
+    let mut raw = read_head_only(stream).into_bytes();
     let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
     let length: usize = head
         .split("content-length: ")
