@@ -520,3 +520,39 @@ fn log_level_filters_lines_below_it() {
     assert_eq!(line["msg"], "cannot listen");
     assert_eq!(line["addr"], address.as_str());
 }
+
+#[test]
+fn shed_requests_are_counted() {
+    let upstream = FakeUpstream::start(vec![Step::Hang]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--fanout",
+        "1",
+        "--max-in-flight",
+        "1",
+    ]);
+    let addr = gateway.addr;
+    let busy = thread::spawn(move || {
+        support::exchange(
+            addr,
+            b"GET /api/first?timeout=500 HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+    });
+    while upstream.connections().is_empty() {
+        thread::sleep(Duration::from_millis(5));
+    }
+
+    let shed = gateway.get("/api/all?timeout=500");
+    // The scrape itself stays outside the in-flight cap.
+    let scraped = scrape(&gateway);
+
+    assert_eq!(shed.status, 503, "{}", shed.body);
+    assert_eq!(value(&scraped, "fanout_requests_shed_total", &[]), 1.0);
+    let shed_503 = [("endpoint", "/api/all"), ("status", "503")];
+    assert_eq!(
+        value(&scraped, "fanout_http_requests_total", &shed_503),
+        1.0
+    );
+    assert_eq!(busy.join().unwrap().status, 500);
+}
