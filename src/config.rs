@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::fanout::Losers;
 use crate::simulator::SimulatorConfig;
-use crate::upstream::UpstreamUrl;
+use crate::upstream::{PoolConfig, UpstreamUrl};
 
 /// The upstream fanout calls unless told otherwise.
 pub const DEFAULT_UPSTREAM: &str = "https://exponea-engineering-assignment.appspot.com/api/work";
@@ -27,6 +28,13 @@ const MAX_MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The most executor threads accepted.
 const MAX_THREADS: u64 = 1024;
 
+/// The largest accepted `--upstream-max-idle`: one source address can hold
+/// at most one connection per local port to an upstream address.
+const MAX_IDLE_CONNECTIONS: u64 = 65_535;
+
+/// The default of `--losers`.
+pub const DEFAULT_LOSERS: Losers = Losers::Cancel;
+
 /// The gateway's configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -41,6 +49,9 @@ pub struct Config {
     pub threads: usize,
     /// When set, start a simulated upstream in-process and use it instead of `upstream`.
     pub simulate: Option<SimulatorConfig>,
+    /// Reuse of upstream connections.
+    pub pool: PoolConfig,
+    pub losers: Losers,
 }
 
 /// What the command line asks for.
@@ -88,6 +99,9 @@ const THREADS: usize = 5;
 const SIMULATE_UPSTREAM: usize = 6;
 const SIMULATE_FAILURE_RATE: usize = 7;
 const SIMULATE_SEED: usize = 8;
+const UPSTREAM_MAX_IDLE: usize = 9;
+const UPSTREAM_IDLE_TIMEOUT: usize = 10;
+const LOSERS: usize = 11;
 
 const SERVE_OPTIONS: &[Spec] = &[
     Spec {
@@ -152,6 +166,28 @@ const SERVE_OPTIONS: &[Spec] = &[
         value: Some("N"),
         help: "seed for the simulated upstream's randomness",
         default: "random, printed at start",
+    },
+    Spec {
+        flag: "--upstream-max-idle",
+        env: "FANOUT_UPSTREAM_MAX_IDLE",
+        value: Some("N"),
+        help: "most idle keep-alive upstream connections kept for reuse; 0 turns reuse off",
+        default: "256",
+    },
+    Spec {
+        flag: "--upstream-idle-timeout",
+        env: "FANOUT_UPSTREAM_IDLE_TIMEOUT",
+        value: Some("MS"),
+        help: "how long an idle upstream connection is kept, in milliseconds",
+        default: "4000",
+    },
+    Spec {
+        flag: "--losers",
+        env: "FANOUT_LOSERS",
+        value: Some("MODE"),
+        help: "what /api/first does with upstream requests still running after one succeeded: \
+               cancel closes them, finish lets them run until the deadline so their connections are reused",
+        default: "cancel",
     },
 ];
 
@@ -401,6 +437,17 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
             .unwrap_or(60_000),
         threads: threads(values, THREADS)?,
         simulate: simulate.then_some(simulator),
+        pool: PoolConfig {
+            max_idle: values
+                .number(UPSTREAM_MAX_IDLE, 0..=MAX_IDLE_CONNECTIONS)?
+                .map_or(PoolConfig::DEFAULT_MAX_IDLE, |n| n as usize),
+            idle_timeout: Duration::from_millis(
+                values
+                    .number(UPSTREAM_IDLE_TIMEOUT, 1..=MAX_MAX_TIMEOUT_MS)?
+                    .unwrap_or(PoolConfig::DEFAULT_IDLE_TIMEOUT_MS),
+            ),
+        },
+        losers: losers(values)?,
     }))
 }
 
@@ -428,6 +475,15 @@ fn simulate_command(values: &Values<'_>) -> Result<Command, ConfigError> {
         simulator,
         threads: threads(values, SIM_THREADS)?,
     })
+}
+
+fn losers(values: &Values<'_>) -> Result<Losers, ConfigError> {
+    match values.get(LOSERS) {
+        None => Ok(DEFAULT_LOSERS),
+        Some("cancel") => Ok(Losers::Cancel),
+        Some("finish") => Ok(Losers::Finish),
+        Some(_) => Err(values.invalid(LOSERS, "cancel or finish")),
+    }
 }
 
 fn threads(values: &Values<'_>, index: usize) -> Result<usize, ConfigError> {
@@ -495,6 +551,30 @@ mod tests {
         assert_eq!(config.max_timeout_ms, 60_000);
         assert!(config.simulate.is_none());
         assert!(config.upstream_ca.is_none());
+        assert_eq!(config.pool, PoolConfig::default());
+        assert_eq!(config.losers, DEFAULT_LOSERS);
+        let help = help(false);
+        for default in [
+            PoolConfig::DEFAULT_MAX_IDLE as u64,
+            PoolConfig::DEFAULT_IDLE_TIMEOUT_MS,
+        ] {
+            assert!(help.contains(&format!("[default: {default}]")), "{help}");
+        }
+        assert!(
+            help.contains(&format!("[default: {}]", DEFAULT_LOSERS.as_str())),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn pool_and_loser_options_parse() {
+        let config = serve(
+            &["--upstream-max-idle", "0", "--losers", "finish"],
+            &[("FANOUT_UPSTREAM_IDLE_TIMEOUT", "250")],
+        );
+        assert_eq!(config.pool.max_idle, 0);
+        assert_eq!(config.pool.idle_timeout, Duration::from_millis(250));
+        assert_eq!(config.losers, Losers::Finish);
     }
 
     #[test]
@@ -554,6 +634,16 @@ mod tests {
                 &["--simulate-upstream", "--upstream", "http://a/"],
                 &[],
                 "--upstream and --simulate-upstream cannot be used together",
+            ),
+            (
+                &["--losers", "wait"],
+                &[],
+                "invalid --losers \"wait\": expected cancel or finish",
+            ),
+            (
+                &["--upstream-idle-timeout", "0"],
+                &[],
+                "invalid --upstream-idle-timeout \"0\": expected a whole number from 1 to 86400000",
             ),
             (
                 &["--simulate-failure-rate", "1.5"],

@@ -7,6 +7,7 @@ use async_net::TcpListener;
 use async_signal::{Signal, Signals};
 use fanout::api::Api;
 use fanout::config::{self, Command, Config};
+use fanout::fanout::Losers;
 use fanout::log::{self, Level};
 use fanout::simulator::{self, SimulatorConfig};
 use fanout::upstream::{Client, UpstreamUrl};
@@ -67,6 +68,7 @@ fn serve(config: Config) -> ExitCode {
         let client = match Client::new(
             upstream,
             config.upstream_ca.as_ref().map(|(_, pem)| pem.as_slice()),
+            config.pool,
         ) {
             Ok(client) => client,
             Err(error) => {
@@ -95,9 +97,20 @@ fn serve(config: Config) -> ExitCode {
                 ("fanout", &config.fanout),
                 ("max_timeout_ms", &config.max_timeout_ms),
                 ("threads", &threads),
+                ("upstream_max_idle", &config.pool.max_idle),
+                (
+                    "upstream_idle_timeout_ms",
+                    &config.pool.idle_timeout.as_millis(),
+                ),
+                ("losers", &config.losers.as_str()),
             ],
         );
-        let api = Arc::new(Api::new(client, config.fanout, config.max_timeout_ms));
+        executor.spawn(client.close_idle_connections()).detach();
+        let mut api = Api::new(client, config.fanout, config.max_timeout_ms);
+        if config.losers == Losers::Finish {
+            api = api.finish_losers(executor.clone());
+        }
+        let api = Arc::new(api);
         run_until_signal(server::serve(listener, api, executor)).await
     })
 }

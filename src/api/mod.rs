@@ -3,19 +3,29 @@
 mod query;
 
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use futures_lite::future;
+use smol::Executor;
 
 pub use self::query::{QueryError, QueryErrorMessage, parse_timeout};
 use crate::fanout::{self, Attempt, Failure, Outcome, Policy, Report};
 use crate::log::AttemptRecord;
 use crate::server::{Handler, Request, Response};
-use crate::upstream::Client;
+use crate::upstream::{AttemptError, Client, Payload};
 
 /// The routes and everything the endpoints need to answer.
 pub struct Api {
     client: Client,
     fanout: usize,
     max_timeout_ms: u64,
+    /// Runs the losing attempts of `/api/first` to their end, when set;
+    /// otherwise they are dropped.
+    finish_losers_on: Option<Arc<Executor<'static>>>,
 }
 
 impl Api {
@@ -25,7 +35,16 @@ impl Api {
             client,
             fanout,
             max_timeout_ms,
+            finish_losers_on: None,
         }
+    }
+
+    /// Lets attempts that lose the race run on `executor` until the request's
+    /// deadline, instead of dropping them, so their connections can return
+    /// to the pool.
+    pub fn finish_losers(mut self, executor: Arc<Executor<'static>>) -> Api {
+        self.finish_losers_on = Some(executor);
+        self
     }
 
     async fn endpoint(&self, policy: Policy, request: &Request, received_at: Instant) -> Response {
@@ -42,9 +61,38 @@ impl Api {
         // The deadline counts from the moment the request head was read, so
         // time spent in the server before this point is part of the budget.
         let deadline = received_at + timeout;
-        let attempts = (0..self.fanout).map(|_| self.client.fetch()).collect();
-        let report = fanout::run(attempts, policy, deadline).await;
+        let attempts = (0..self.fanout)
+            .map(|_| {
+                let client = self.client.clone();
+                async move { client.fetch().await }
+            })
+            .collect();
+        let report = fanout::run_with(attempts, policy, deadline, |attempt| {
+            self.cancel(attempt, deadline)
+        })
+        .await;
         respond(policy, timeout, report)
+    }
+
+    /// Drops an attempt that lost the race, or lets it finish in the
+    /// background when losers are kept. A kept attempt is still dropped at
+    /// `deadline`, so no task outlives the request's time budget.
+    fn cancel<F>(&self, attempt: Pin<Box<F>>, deadline: Instant)
+    where
+        F: Future<Output = Result<Payload, AttemptError>> + Send + 'static,
+    {
+        let Some(executor) = &self.finish_losers_on else {
+            return;
+        };
+        let bounded = future::or(
+            async move {
+                let _ = attempt.await;
+            },
+            async move {
+                Timer::at(deadline).await;
+            },
+        );
+        executor.spawn(bounded).detach();
     }
 }
 

@@ -1,32 +1,39 @@
-//! The upstream client: one attempt is connect, optional TLS handshake, one
-//! request, one response, and validation of its payload.
+//! The upstream client: one attempt is an idle pooled connection or a new
+//! one (connect and optional TLS handshake), one request, one response, and
+//! validation of its payload.
 //!
 //! An attempt has no timeout of its own. The caller races it against the
 //! request's deadline and drops it when the deadline passes or the race is
-//! decided; dropping closes its socket at once, whatever phase it is in.
+//! decided; dropping closes its socket at once, whatever phase it is in, and
+//! the connection never returns to the pool.
 
 mod chunked;
 mod error;
+mod exchange;
 mod payload;
+mod pool;
 mod response;
 mod stream;
 mod tls;
 mod url;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_net::TcpStream;
-use futures_lite::AsyncWriteExt;
 
 pub use self::chunked::{ChunkedDecoder, ChunkedError};
 pub use self::error::AttemptError;
 pub use self::payload::{PayloadError, validate};
+pub use self::pool::{Connection, PoolConfig};
 pub use self::response::{Limits, MAX_HEAD};
 pub use self::stream::MaybeTls;
 pub use self::tls::{CaError, TlsConnector, TlsError, TlsStream};
 pub use self::url::{Scheme, UpstreamUrl, UrlError};
+
+use self::pool::Pool;
 
 /// The largest upstream body accepted, in bytes. The real upstream sends
 /// about 15; the cap leaves room for richer payloads while keeping the memory
@@ -62,17 +69,31 @@ struct Inner {
     /// The whole request, built once because it never changes.
     request: Vec<u8>,
     limits: Limits,
+    pool: Arc<Pool>,
 }
 
 impl Client {
-    /// Creates a client for `url`, trusting `extra_ca_pem` in addition to the system roots.
-    pub fn new(url: UpstreamUrl, extra_ca_pem: Option<&[u8]>) -> Result<Client, CaError> {
+    /// Creates a client for `url`, trusting `extra_ca_pem` in addition to the
+    /// system roots, and keeping idle connections as `pool` says.
+    pub fn new(
+        url: UpstreamUrl,
+        extra_ca_pem: Option<&[u8]>,
+        pool: PoolConfig,
+    ) -> Result<Client, CaError> {
         let tls = match url.scheme {
             Scheme::Https => Some(TlsConnector::new(extra_ca_pem)?),
             Scheme::Http => None,
         };
+        let pool = Pool::new(pool);
+        // Without a pool, the upstream is told to close, so neither side
+        // keeps a connection that will never carry a second request.
+        let connection = if pool.is_enabled() {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fanout/{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fanout/{}\r\nAccept: application/json\r\n{connection}\r\n",
             url.target,
             url.authority,
             env!("CARGO_PKG_VERSION"),
@@ -87,6 +108,7 @@ impl Client {
                 tls,
                 request: request.into_bytes(),
                 limits,
+                pool: Arc::new(pool),
             }),
         })
     }
@@ -98,26 +120,36 @@ impl Client {
     /// Makes one upstream request and returns its payload if it is a success.
     pub async fn fetch(&self) -> Result<Payload, AttemptError> {
         let inner = &*self.inner;
-        let tcp = connect(&inner.url).await?;
-        let mut stream = match &inner.tls {
-            None => MaybeTls::Plain(tcp),
-            Some(connector) => {
-                let tls = connector
-                    .connect(&inner.url.host, tcp)
-                    .await
-                    .map_err(AttemptError::Tls)?;
-                MaybeTls::Tls(Box::new(tls))
-            }
-        };
-
-        stream
-            .write_all(&inner.request)
-            .await
-            .map_err(AttemptError::from_io)?;
-        stream.flush().await.map_err(AttemptError::from_io)?;
-        let body = response::read_body(&mut stream, inner.limits).await?;
+        let open = || open(&inner.url, inner.tls.as_ref());
+        let body = exchange::send(&inner.pool, &inner.request, inner.limits, open).await?;
         let payload = validate(&body).map_err(AttemptError::InvalidPayload)?;
         Ok(Payload(payload.to_vec()))
+    }
+
+    /// Returns a task that closes connections idle past the timeout, and
+    /// ends once every clone of this client is dropped. Spawn it once.
+    pub fn close_idle_connections(&self) -> impl Future<Output = ()> + Send + 'static {
+        pool::close_expired_forever(Arc::downgrade(&self.inner.pool))
+    }
+
+    /// Returns how many idle connections the pool holds.
+    pub fn idle_connections(&self) -> usize {
+        self.inner.pool.idle_count()
+    }
+}
+
+/// Opens a new connection to `url`: TCP, then a TLS handshake when `tls` is given.
+async fn open(url: &UpstreamUrl, tls: Option<&TlsConnector>) -> Result<Connection, AttemptError> {
+    let tcp = connect(url).await?;
+    match tls {
+        None => Ok(MaybeTls::Plain(tcp)),
+        Some(connector) => {
+            let tls = connector
+                .connect(&url.host, tcp)
+                .await
+                .map_err(AttemptError::Tls)?;
+            Ok(MaybeTls::Tls(Box::new(tls)))
+        }
     }
 }
 

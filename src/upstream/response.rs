@@ -34,30 +34,52 @@ enum Framing {
     Close,
 }
 
-/// Reads a response from `stream` and returns its body when the status is 200.
+/// The body of a 200 response, and whether its connection may carry another request.
+#[derive(Debug)]
+pub struct Body {
+    pub bytes: Vec<u8>,
+    /// True when the response was HTTP/1.1 without `Connection: close` and
+    /// its body was framed by length or chunks and read exactly to its end.
+    pub reusable: bool,
+}
+
+/// Reads a response from `stream` and returns its body when the status is 200,
+/// and whether the connection may carry another request.
 ///
-/// Any other status fails at once without reading the body, because the
-/// connection is closed after one exchange and the body would be discarded.
-pub async fn read_body<R>(stream: &mut R, limits: Limits) -> Result<Vec<u8>, AttemptError>
+/// Any other status fails at once without reading the body, so its
+/// connection must not be reused.
+pub async fn read_response<R>(stream: &mut R, limits: Limits) -> Result<Body, AttemptError>
 where
     R: AsyncRead + Unpin,
 {
     let mut buffer = Vec::with_capacity(READ_CHUNK);
-    let (head_length, framing) = read_head(stream, &mut buffer, limits).await?;
+    let (head_length, framing, persistent) = read_head(stream, &mut buffer, limits).await?;
     buffer.drain(..head_length);
-    match framing {
-        Framing::Length(length) => read_length(stream, buffer, length, limits.max_body).await,
-        Framing::Chunked => read_chunked(stream, buffer, limits.max_body).await,
-        Framing::Close => read_to_close(stream, buffer, limits.max_body).await,
-    }
+    // Both framed readers fail on bytes past the end of the body, so a body
+    // they return ends exactly where the next response would start.
+    let (bytes, framed) = match framing {
+        Framing::Length(length) => (
+            read_length(stream, buffer, length, limits.max_body).await?,
+            true,
+        ),
+        Framing::Chunked => (read_chunked(stream, buffer, limits.max_body).await?, true),
+        Framing::Close => (read_to_close(stream, buffer, limits.max_body).await?, false),
+    };
+    Ok(Body {
+        bytes,
+        reusable: framed && persistent,
+    })
 }
 
 /// Reads until the head parses, then checks the status and chooses the framing.
+///
+/// Returns the head's length, the framing, and whether the head allows the
+/// connection to stay open.
 async fn read_head<R>(
     stream: &mut R,
     buffer: &mut Vec<u8>,
     limits: Limits,
-) -> Result<(usize, Framing), AttemptError>
+) -> Result<(usize, Framing, bool), AttemptError>
 where
     R: AsyncRead + Unpin,
 {
@@ -67,7 +89,7 @@ where
         match response.parse(buffer) {
             Ok(httparse::Status::Complete(length)) => {
                 let framing = framing(&response)?;
-                return Ok((length, framing));
+                return Ok((length, framing, is_persistent(&response)));
             }
             Ok(httparse::Status::Partial) => {}
             Err(httparse::Error::TooManyHeaders) => {
@@ -134,6 +156,19 @@ fn framing(response: &httparse::Response<'_, '_>) -> Result<Framing, AttemptErro
         (None, Some(length)) => Ok(Framing::Length(length)),
         (None, None) => Ok(Framing::Close),
     }
+}
+
+/// Tells whether the head lets the connection carry another request: HTTP/1.1
+/// and no `close` token in any `Connection` field. HTTP/1.0 keep-alive is
+/// not used, since the upstreams fanout targets speak HTTP/1.1.
+fn is_persistent(response: &httparse::Response<'_, '_>) -> bool {
+    let closes = response
+        .headers
+        .iter()
+        .filter(|field| field.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|field| field.value.split(|&byte| byte == b','))
+        .any(|token| trim(token).eq_ignore_ascii_case(b"close"));
+    response.version == Some(1) && !closes
 }
 
 fn header<'a>(response: &httparse::Response<'_, 'a>, name: &str) -> Option<&'a [u8]> {
@@ -265,7 +300,8 @@ mod tests {
     };
 
     fn read(input: &[u8]) -> Result<Vec<u8>, AttemptError> {
-        futures_lite::future::block_on(read_body(&mut &input[..], LIMITS))
+        futures_lite::future::block_on(read_response(&mut &input[..], LIMITS))
+            .map(|body| body.bytes)
     }
 
     #[test]
@@ -321,5 +357,41 @@ mod tests {
         let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
         input.resize(MAX_HEAD + 100, b'a');
         assert_eq!(read(&input).unwrap_err().kind(), "malformed_response");
+    }
+
+    #[test]
+    fn reuse_needs_http11_framing_and_no_close() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n{}",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: Upgrade, CLOSE\r\nContent-Length: 2\r\n\r\n{}",
+                false,
+            ),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", false),
+            (b"HTTP/1.1 200 OK\r\n\r\n{}", false),
+        ];
+        for (input, reusable) in cases {
+            let body =
+                futures_lite::future::block_on(read_response(&mut &input[..], LIMITS)).unwrap();
+            assert_eq!(body.bytes, b"{}");
+            assert_eq!(
+                body.reusable,
+                *reusable,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 }
