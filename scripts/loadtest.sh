@@ -1,0 +1,453 @@
+#!/usr/bin/env bash
+# Load test of fanout on loopback: throughput against nginx, 5,000 requests
+# in flight against the simulated upstream, deadline precision against a
+# hanging upstream, and overload when fanout has an in-flight cap.
+#
+# Builds the release binary, installs wrk (and nginx with its echo module)
+# from the distribution's packages when missing, starts every server on
+# 127.0.0.1, stops everything it started on exit, and prints one table of
+# medians over interleaved rounds. Every wrk run has a fixed duration.
+#
+# Usage: scripts/loadtest.sh [--quick] [--rounds N] [--upstream nginx|simulate]
+#                            [--fanout-threads N]
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/loadtest.sh [OPTIONS]
+
+  --quick               smoke run: 1 round, 1 s per throughput row, 3 s soak at
+                        500 connections (about 1 minute); numbers not comparable
+  --rounds N            rounds, interleaved, medians reported (default 3)
+  --upstream KIND       instant and hanging upstream: nginx (default; the echo
+                        module gives the hang) or simulate (fanout simulate)
+  --fanout-threads N    executor threads of fanout (default: its own default,
+                        the number of CPUs available)
+  -h, --help            print this help
+EOF
+}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LUA_DIR="$ROOT/scripts/loadtest"
+
+ROUNDS=3
+QUICK=0
+UPSTREAM_KIND=nginx
+FANOUT_THREADS=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --rounds) ROUNDS=$2; shift ;;
+        --upstream) UPSTREAM_KIND=$2; shift ;;
+        --fanout-threads) FANOUT_THREADS=$2; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "loadtest: unknown argument $1; see --help" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$UPSTREAM_KIND" in
+    nginx | simulate) ;;
+    *) echo "loadtest: invalid --upstream $UPSTREAM_KIND: expected nginx or simulate" >&2; exit 2 ;;
+esac
+
+# Durations in seconds, and the connection counts of each section.
+THROUGHPUT_SECONDS=5
+SOAK_SECONDS=30
+SOAK_CONNECTIONS=5000
+DEADLINE_SECONDS=5
+DEADLINE_CONNECTIONS="1000 5000"
+OVERLOAD_CAP=1000
+OVERLOAD_SECONDS=10
+if [ "$QUICK" = 1 ]; then
+    ROUNDS=1
+    THROUGHPUT_SECONDS=1
+    SOAK_SECONDS=3
+    SOAK_CONNECTIONS=500
+    DEADLINE_SECONDS=2
+    DEADLINE_CONNECTIONS="200 500"
+    OVERLOAD_CAP=200
+    OVERLOAD_SECONDS=3
+fi
+
+# ---------------------------------------------------------------- setup
+
+log() { echo "loadtest: $*" >&2; }
+
+install_packages() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || missing+=(nginx)
+    [ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || missing+=(libnginx-mod-http-echo)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]} with apt-get"
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+    fi
+}
+
+WORK=$(mktemp -d /tmp/fanout-loadtest.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts a command in the background, remembering its pid in $STARTED.
+start() {
+    local logfile=$1
+    shift
+    "$@" >"$logfile" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# Sets $PORT to a TCP port on 127.0.0.1 that nothing listens on, below the
+# ephemeral range. It runs in this shell, not a subshell, so that
+# $NEXT_PORT advances.
+NEXT_PORT=$((20000 + RANDOM % 5000))
+free_port() {
+    while ss -Htln "sport = :$NEXT_PORT" | grep -q .; do
+        NEXT_PORT=$((NEXT_PORT + 1))
+    done
+    PORT=$NEXT_PORT
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+wait_listening() {
+    local port=$1 tries=0
+    until ss -Htln "sport = :$port" | grep -q .; do
+        tries=$((tries + 1))
+        if [ $tries -gt 100 ]; then
+            log "nothing listens on 127.0.0.1:$port after 10 s"
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+
+FANOUT="$ROOT/target/release/fanout"
+THREAD_ARGS=()
+[ -n "$FANOUT_THREADS" ] && THREAD_ARGS=(--threads "$FANOUT_THREADS")
+
+# Starts fanout on a new port with extra options; sets $STARTED and $PORT.
+start_fanout() {
+    free_port
+    start "$WORK/fanout-$PORT.log" "$FANOUT" --listen "127.0.0.1:$PORT" "${THREAD_ARGS[@]}" "$@"
+    wait_listening "$PORT"
+}
+
+# Starts `fanout simulate` on a new port; sets $STARTED and $PORT.
+start_simulator() {
+    free_port
+    start "$WORK/simulate-$PORT.log" "$FANOUT" simulate --listen "127.0.0.1:$PORT" --seed 1 "$@"
+    wait_listening "$PORT"
+}
+
+# Runs wrk for $1 seconds with $2 connections and $3 threads against $4,
+# with Lua script $5; prints wrk's RESULT line. LATE_MS is passed through.
+run_wrk() {
+    local seconds=$1 connections=$2 threads=$3 url=$4 script=$5
+    # wrk stops itself after the duration; the timeout only guards a hang.
+    timeout $((seconds + 60)) wrk -t"$threads" -c"$connections" -d"${seconds}s" \
+        --timeout 5s -s "$LUA_DIR/$script" "$url" | grep '^RESULT' || echo "RESULT failed=1"
+}
+
+# Prints the value of key=value in a RESULT line, or 0 when it is missing.
+field() {
+    local value
+    value=$(sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<" $1")
+    echo "${value:-0}"
+}
+
+# Prints the median of the numbers given as arguments.
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "n/a"; exit }
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+declare -A RESULTS
+record() { RESULTS[$1]="${RESULTS[$1]:-} $2"; }
+
+write_nginx_config() {
+    local conf=$1
+    cat >"$conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 16000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx-body;
+    proxy_temp_path $WORK/nginx-proxy;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    upstream instant { server 127.0.0.1:$INSTANT_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGINX_HTTP_PORT;
+        location /api/work { default_type application/json; return 200 '{"time": 0}'; }
+        location /hang { echo_sleep 600; echo '{"time": 600000}'; }
+    }
+    server {
+        listen 127.0.0.1:$NGINX_HTTPS_PORT ssl;
+        ssl_certificate $WORK/upstream.pem;
+        ssl_certificate_key $WORK/upstream.key;
+        location /api/work { default_type application/json; return 200 '{"time": 0}'; }
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PROXY_PORT;
+        location / {
+            proxy_pass http://instant;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+# ---------------------------------------------------------------- start
+
+install_packages
+log "building the release binary"
+(cd "$ROOT" && cargo build --release --locked --quiet)
+
+log "working in $WORK"
+# An ECDSA P-256 certificate for 127.0.0.1, the key type most HTTPS sites use.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$WORK/upstream.key" -out "$WORK/upstream.pem" 2>/dev/null
+
+free_port
+NGINX_HTTP_PORT=$PORT
+free_port
+NGINX_HTTPS_PORT=$PORT
+free_port
+NGINX_PROXY_PORT=$PORT
+if [ "$UPSTREAM_KIND" = simulate ]; then
+    start_simulator --failure-rate 0 --min-latency 0 --max-latency 0
+    INSTANT_PORT=$PORT
+    INSTANT_URL="http://127.0.0.1:$PORT/api/work"
+else
+    INSTANT_PORT=$NGINX_HTTP_PORT
+    INSTANT_URL="http://127.0.0.1:$NGINX_HTTP_PORT/api/work"
+fi
+write_nginx_config "$WORK/nginx.conf"
+start "$WORK/nginx.log" nginx -c "$WORK/nginx.conf" -g 'daemon off;'
+NGINX_PID=$STARTED
+wait_listening "$NGINX_PROXY_PORT"
+wait_listening "$NGINX_HTTPS_PORT"
+HTTPS_URL="https://127.0.0.1:$NGINX_HTTPS_PORT/api/work"
+CA=(--upstream-ca "$WORK/upstream.pem")
+
+# ---------------------------------------------------------------- 1. throughput
+
+# Each row: name|what wrk targets. fanout rows start their own process.
+declare -A ROW_URL
+THROUGHPUT_ROWS=(upstream proxy all_http first_http first_http_finish all_https
+    first_https first_https_finish all_https_nopool all_http_nopool)
+ROW_URL[upstream]=$INSTANT_URL
+ROW_URL[proxy]="http://127.0.0.1:$NGINX_PROXY_PORT/api/work"
+
+start_fanout --upstream "$INSTANT_URL"
+ROW_URL[all_http]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+ROW_URL[first_http]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+start_fanout --upstream "$INSTANT_URL" --losers finish
+ROW_URL[first_http_finish]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+start_fanout --upstream "$HTTPS_URL" "${CA[@]}"
+ROW_URL[all_https]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+ROW_URL[first_https]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --losers finish
+ROW_URL[first_https_finish]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --upstream-max-idle 0
+ROW_URL[all_https_nopool]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+start_fanout --upstream "$INSTANT_URL" --upstream-max-idle 0
+ROW_URL[all_http_nopool]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+FANOUT_START_LINE=$(grep -m1 'msg=listening' "$WORK/fanout-$PORT.log" || true)
+
+for round in $(seq 1 "$ROUNDS"); do
+    for row in "${THROUGHPUT_ROWS[@]}"; do
+        log "throughput round $round: $row"
+        line=$(run_wrk "$THROUGHPUT_SECONDS" 64 1 "${ROW_URL[$row]}" throughput.lua)
+        record "tp_$row" "$(field "$line" rps)"
+        errors=$(($(field "$line" non2xx) + $(field "$line" connect) + $(field "$line" read) + $(field "$line" write) + $(field "$line" timeout)))
+        record "tperr_$row" "$errors"
+    done
+done
+
+# ---------------------------------------------------------------- 2. concurrency
+
+# Samples the open descriptors of $1 every 0.2 s into $2 until killed.
+sample_descriptors() {
+    local pid=$1 out=$2 max=0 count
+    while kill -0 "$pid" 2>/dev/null; do
+        count=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+        [ "$count" -gt "$max" ] && max=$count && echo "$max" >"$out"
+        sleep 0.2
+    done
+}
+
+start_simulator --min-latency 100 --max-latency 600
+SIM_PID=$STARTED
+SIM_URL="http://127.0.0.1:$PORT/api/work"
+for round in $(seq 1 "$ROUNDS"); do
+    log "concurrency round $round: $SOAK_CONNECTIONS connections for $SOAK_SECONDS s"
+    start_fanout --upstream "$SIM_URL"
+    fanout_pid=$STARTED
+    sample_descriptors "$fanout_pid" "$WORK/fds" &
+    sampler=$!
+    line=$(LATE_MS=1020 run_wrk "$SOAK_SECONDS" "$SOAK_CONNECTIONS" 2 \
+        "http://127.0.0.1:$PORT/api/all?timeout=1000" status.lua)
+    rss_kib=$(awk '/^VmHWM/ { print $2 }' "/proc/$fanout_pid/status")
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    stop "$fanout_pid"
+    requests=$(field "$line" requests)
+    record conc_rps "$(field "$line" rps)"
+    for status in s200 s500 s503 other; do
+        record "conc_$status" "$(awk -v n="$(field "$line" $status)" -v d="$requests" 'BEGIN { printf "%.2f", d ? 100 * n / d : 0 }')"
+    done
+    record conc_errors "$(($(field "$line" connect) + $(field "$line" read) + $(field "$line" write) + $(field "$line" timeout)))"
+    record conc_late "$(field "$line" late)"
+    record conc_p50 "$(awk -v u="$(field "$line" p50_us)" 'BEGIN { printf "%.1f", u / 1000 }')"
+    record conc_p99 "$(awk -v u="$(field "$line" p99_us)" 'BEGIN { printf "%.1f", u / 1000 }')"
+    record conc_max "$(awk -v u="$(field "$line" max_us)" 'BEGIN { printf "%.1f", u / 1000 }')"
+    record conc_rss "$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')"
+    record conc_fds "$(cat "$WORK/fds" 2>/dev/null || echo 0)"
+    # The access log of 30 s at full load is large and no longer needed.
+    rm -f "$WORK/fanout-$PORT.log"
+done
+stop "$SIM_PID"
+
+# ---------------------------------------------------------------- 3. deadline precision
+
+if [ "$UPSTREAM_KIND" = simulate ]; then
+    # A latency of 10 minutes outlasts every request of this run.
+    start_simulator --failure-rate 0 --min-latency 600000 --max-latency 600000
+    HANG_PID=$STARTED
+    HANG_URL="http://127.0.0.1:$PORT/api/work"
+else
+    HANG_PID=""
+    HANG_URL="http://127.0.0.1:$NGINX_HTTP_PORT/hang"
+fi
+start_fanout --upstream "$HANG_URL"
+DEADLINE_FANOUT=$STARTED
+DEADLINE_PORT=$PORT
+for round in $(seq 1 "$ROUNDS"); do
+    for connections in $DEADLINE_CONNECTIONS; do
+        log "deadline round $round: $connections connections"
+        line=$(LATE_MS=220 run_wrk "$DEADLINE_SECONDS" "$connections" 2 \
+            "http://127.0.0.1:$DEADLINE_PORT/api/first?timeout=200" status.lua)
+        for p in p50 p99 max; do
+            record "dl_${connections}_$p" "$(awk -v u="$(field "$line" ${p}_us)" 'BEGIN { printf "%.2f", u / 1000 - 200 }')"
+        done
+        record "dl_${connections}_non500" "$(($(field "$line" requests) - $(field "$line" s500)))"
+    done
+done
+stop "$DEADLINE_FANOUT"
+[ -n "$HANG_PID" ] && stop "$HANG_PID"
+
+# ---------------------------------------------------------------- 4. overload
+
+CAP_FLAG=$("$FANOUT" --help | grep -oE -- '--[a-z-]*in-?flight[a-z-]*' | head -n1 || true)
+if [ -n "$CAP_FLAG" ]; then
+    start_simulator --min-latency 100 --max-latency 600
+    SIM_PID=$STARTED
+    SIM_URL="http://127.0.0.1:$PORT/api/work"
+    for round in $(seq 1 "$ROUNDS"); do
+        log "overload round $round: $((2 * OVERLOAD_CAP)) connections, $CAP_FLAG $OVERLOAD_CAP"
+        start_fanout --upstream "$SIM_URL" "$CAP_FLAG" "$OVERLOAD_CAP"
+        fanout_pid=$STARTED
+        line=$(LATE_MS=1020 run_wrk "$OVERLOAD_SECONDS" $((2 * OVERLOAD_CAP)) 2 \
+            "http://127.0.0.1:$PORT/api/all?timeout=1000" status.lua)
+        stop "$fanout_pid"
+        requests=$(field "$line" requests)
+        record ov_503 "$(awk -v n="$(field "$line" s503)" -v d="$requests" 'BEGIN { printf "%.2f", d ? 100 * n / d : 0 }')"
+        record ov_late "$(field "$line" late)"
+        record ov_p50 "$(awk -v u="$(field "$line" p50_us)" 'BEGIN { printf "%.1f", u / 1000 }')"
+        record ov_max "$(awk -v u="$(field "$line" max_us)" 'BEGIN { printf "%.1f", u / 1000 }')"
+        record ov_errors "$(($(field "$line" connect) + $(field "$line" read) + $(field "$line" write) + $(field "$line" timeout)))"
+    done
+    stop "$SIM_PID"
+fi
+
+# ---------------------------------------------------------------- report
+
+m() { median ${RESULTS[$1]:-}; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "n/a") printf "%.2f", a / b; else print "n/a" }'; }
+
+UPSTREAM_RPS=$(m tp_upstream)
+PROXY_RPS=$(m tp_proxy)
+ALL_HTTP_RPS=$(m tp_all_http)
+BINARY_BYTES=$(stat -c %s "$FANOUT")
+THREADS_USED=$(sed -n 's/.* threads=\([0-9]*\).*/\1/p' <<<"$FANOUT_START_LINE")
+
+echo
+echo "fanout load test, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $ROUNDS round(s), medians"
+echo "fanout threads: ${THREADS_USED:-?}; nginx: 1 worker; wrk: 1 thread (throughput), 2 (others)"
+echo "instant upstream: $UPSTREAM_KIND; release binary: $BINARY_BYTES bytes"
+echo
+echo "| measurement | median | ratio to upstream direct | ratio to nginx proxy | errors (median) |"
+echo "|---|---|---|---|---|"
+declare -A LABEL=(
+    [upstream]="upstream direct, one exchange (req/s)"
+    [proxy]="nginx reverse proxy, keep-alive (req/s)"
+    [all_http]="fanout /api/all, http upstream (req/s)"
+    [first_http]="fanout /api/first, http, --losers cancel (req/s)"
+    [first_http_finish]="fanout /api/first, http, --losers finish (req/s)"
+    [all_https]="fanout /api/all, https upstream (req/s)"
+    [first_https]="fanout /api/first, https, --losers cancel (req/s)"
+    [first_https_finish]="fanout /api/first, https, --losers finish (req/s)"
+    [all_https_nopool]="fanout /api/all, https, pool off: new TLS connection per attempt (req/s)"
+    [all_http_nopool]="fanout /api/all, http, pool off: new TCP connection per attempt (req/s)"
+)
+for row in "${THROUGHPUT_ROWS[@]}"; do
+    value=$(m "tp_$row")
+    echo "| ${LABEL[$row]} | $value | $(ratio "$value" "$UPSTREAM_RPS") | $(ratio "$value" "$PROXY_RPS") | $(m "tperr_$row") |"
+done
+echo
+echo "| measurement | median |"
+echo "|---|---|"
+echo "| /api/all https ÷ /api/all http | $(ratio "$(m tp_all_https)" "$ALL_HTTP_RPS") |"
+echo "| /api/all http ÷ nginx proxy (target >= 0.5) | $(ratio "$ALL_HTTP_RPS" "$PROXY_RPS") |"
+echo "| concurrency: connections x seconds | $SOAK_CONNECTIONS x $SOAK_SECONDS |"
+echo "| concurrency: req/s | $(m conc_rps) |"
+echo "| concurrency: share 200 / 500 / 503 / other (%) | $(m conc_s200) / $(m conc_s500) / $(m conc_s503) / $(m conc_sother) |"
+echo "| concurrency: socket errors and wrk timeouts | $(m conc_errors) |"
+echo "| concurrency: latency p50 / p99 / max (ms) | $(m conc_p50) / $(m conc_p99) / $(m conc_max) |"
+echo "| concurrency: responses later than timeout + 20 ms | $(m conc_late) |"
+echo "| concurrency: peak RSS of fanout (MiB) | $(m conc_rss) |"
+echo "| concurrency: peak open descriptors of fanout | $(m conc_fds) |"
+for connections in $DEADLINE_CONNECTIONS; do
+    echo "| deadline, $connections concurrent: overshoot p50 / p99 / max (ms) | $(m "dl_${connections}_p50") / $(m "dl_${connections}_p99") / $(m "dl_${connections}_max") |"
+    echo "| deadline, $connections concurrent: responses other than 500 | $(m "dl_${connections}_non500") |"
+done
+if [ -n "$CAP_FLAG" ]; then
+    echo "| overload, $((2 * OVERLOAD_CAP)) connections at $CAP_FLAG $OVERLOAD_CAP: share 503 (%) | $(m ov_503) |"
+    echo "| overload: latency p50 / max (ms) | $(m ov_p50) / $(m ov_max) |"
+    echo "| overload: responses later than timeout + 20 ms | $(m ov_late) |"
+    echo "| overload: socket errors and wrk timeouts | $(m ov_errors) |"
+else
+    echo "| overload | not available: fanout --help lists no in-flight cap |"
+fi
+echo
+echo "per-round values:"
+for key in $(printf '%s\n' "${!RESULTS[@]}" | sort); do
+    echo "  $key:${RESULTS[$key]}"
+done
