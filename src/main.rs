@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> ExitCode {
     let threads = config.threads;
     runtime::run(threads, |executor| async move {
-        let listener = match TcpListener::bind(config.listen).await {
+        let listener = match server::bind(config.listen).await {
             Ok(listener) => listener,
             Err(error) => return startup_failed("cannot listen", &config.listen, &error),
         };
@@ -117,7 +117,7 @@ fn serve(config: Config) -> ExitCode {
 
 fn simulate(listen: std::net::SocketAddr, simulator: SimulatorConfig, threads: usize) -> ExitCode {
     runtime::run(threads, |executor| async move {
-        let listener = match TcpListener::bind(listen).await {
+        let listener = match server::bind(listen).await {
             Ok(listener) => listener,
             Err(error) => return startup_failed("cannot listen", &listen, &error),
         };
