@@ -32,8 +32,10 @@ const MAX_THREADS: u64 = 1024;
 /// at most one connection per local port to an upstream address.
 const MAX_IDLE_CONNECTIONS: u64 = 65_535;
 
-/// The default of `--losers`.
-pub const DEFAULT_LOSERS: Losers = Losers::Cancel;
+/// The default of `--losers`. Finishing losers measured faster: closing a
+/// loser costs a new connection later, over https a TLS handshake (see
+/// docs/PERFORMANCE.md).
+pub const DEFAULT_LOSERS: Losers = Losers::Finish;
 
 /// The gateway's configuration.
 #[derive(Debug)]
@@ -186,8 +188,8 @@ const SERVE_OPTIONS: &[Spec] = &[
         env: "FANOUT_LOSERS",
         value: Some("MODE"),
         help: "what /api/first does with upstream requests still running after one succeeded: \
-               cancel closes them, finish lets them run until the deadline so their connections are reused",
-        default: "cancel",
+               cancel closes them, finish lets up to --upstream-max-idle of them run until the deadline so their connections are reused",
+        default: "finish",
     },
 ];
 

@@ -108,7 +108,10 @@ fn serve(config: Config) -> ExitCode {
         executor.spawn(client.close_idle_connections()).detach();
         let mut api = Api::new(client, config.fanout, config.max_timeout_ms);
         if config.losers == Losers::Finish {
-            api = api.finish_losers(executor.clone());
+            // A loser is finished only so that its connection can be pooled,
+            // so more of them than the pool keeps would hold descriptors for
+            // nothing.
+            api = api.finish_losers(executor.clone(), config.pool.max_idle);
         }
         let api = Arc::new(api);
         run_until_signal(server::serve(listener, api, executor)).await

@@ -204,7 +204,7 @@ fn first_times_out_at_deadline_when_both_hang() {
 #[test]
 fn lost_race_closes_loser_connection() {
     let upstream = FakeUpstream::start(vec![Step::ok(10, r#"{"time": 10}"#), Step::Hang]);
-    let gateway = gateway_for(&upstream);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--losers", "cancel"]);
 
     let response = gateway.get("/api/first?timeout=5000");
     assert_eq!(response.status, 200, "{}", response.body);

@@ -321,3 +321,40 @@ fn finished_loser_stops_at_deadline() {
         "closed after {lived:?}"
     );
 }
+
+#[test]
+fn finished_losers_bounded_by_max_idle() {
+    let upstream = FakeUpstream::start(vec![ok(), Step::Hang, Step::Hang]);
+    let url = upstream.url();
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &url,
+        "--fanout",
+        "3",
+        "--losers",
+        "finish",
+        "--upstream-max-idle",
+        "1",
+    ]);
+
+    let response = gateway.get("/api/first?timeout=2000");
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    // One loser runs on in the background; the other is dropped at once.
+    let connections = upstream.wait_closed(1);
+    let first_close = connections
+        .iter()
+        .filter_map(|c| c.closed_at)
+        .map(|closed_at| closed_at.saturating_duration_since(response.received_at))
+        .min()
+        .unwrap();
+    assert!(first_close < CLOSE_SLACK, "closed {first_close:?} late");
+    thread::sleep(CLOSE_SLACK);
+    let open = upstream
+        .connections()
+        .iter()
+        .filter(|c| c.closed_at.is_none())
+        .count();
+    // The winner's connection is pooled and one hanging loser still runs.
+    assert_eq!(open, 2, "{:?}", upstream.connections());
+}

@@ -1,22 +1,20 @@
 //! The API: routing, the `/api/all` and `/api/first` endpoints, and the mapping of fan-out results to responses.
 
+mod losers;
 mod query;
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use futures_lite::future;
 use smol::Executor;
 
+use self::losers::Losers;
 pub use self::query::{QueryError, QueryErrorMessage, parse_timeout};
 use crate::fanout::{self, Attempt, Failure, Outcome, Policy, Report};
 use crate::log::AttemptRecord;
 use crate::server::{Handler, Request, Response};
-use crate::upstream::{AttemptError, Client, Payload};
+use crate::upstream::Client;
 
 /// The routes and everything the endpoints need to answer.
 pub struct Api {
@@ -25,7 +23,7 @@ pub struct Api {
     max_timeout_ms: u64,
     /// Runs the losing attempts of `/api/first` to their end, when set;
     /// otherwise they are dropped.
-    finish_losers_on: Option<Arc<Executor<'static>>>,
+    losers: Option<Losers>,
 }
 
 impl Api {
@@ -35,15 +33,15 @@ impl Api {
             client,
             fanout,
             max_timeout_ms,
-            finish_losers_on: None,
+            losers: None,
         }
     }
 
     /// Lets attempts that lose the race run on `executor` until the request's
     /// deadline, instead of dropping them, so their connections can return
-    /// to the pool.
-    pub fn finish_losers(mut self, executor: Arc<Executor<'static>>) -> Api {
-        self.finish_losers_on = Some(executor);
+    /// to the pool; at most `max_running` at once, and any beyond are dropped.
+    pub fn finish_losers(mut self, executor: Arc<Executor<'static>>, max_running: usize) -> Api {
+        self.losers = Some(Losers::new(executor, max_running));
         self
     }
 
@@ -67,32 +65,15 @@ impl Api {
                 async move { client.fetch().await }
             })
             .collect();
+        // A loser not handed to `losers` is dropped when the closure
+        // returns, which closes its connection.
         let report = fanout::run_with(attempts, policy, deadline, |attempt| {
-            self.cancel(attempt, deadline)
+            if let Some(losers) = &self.losers {
+                losers.finish(attempt, deadline);
+            }
         })
         .await;
         respond(policy, timeout, report)
-    }
-
-    /// Drops an attempt that lost the race, or lets it finish in the
-    /// background when losers are kept. A kept attempt is still dropped at
-    /// `deadline`, so no task outlives the request's time budget.
-    fn cancel<F>(&self, attempt: Pin<Box<F>>, deadline: Instant)
-    where
-        F: Future<Output = Result<Payload, AttemptError>> + Send + 'static,
-    {
-        let Some(executor) = &self.finish_losers_on else {
-            return;
-        };
-        let bounded = future::or(
-            async move {
-                let _ = attempt.await;
-            },
-            async move {
-                Timer::at(deadline).await;
-            },
-        );
-        executor.spawn(bounded).detach();
     }
 }
 
