@@ -121,9 +121,14 @@ impl Client {
     pub async fn fetch(&self) -> Result<Payload, AttemptError> {
         let inner = &*self.inner;
         let open = || open(&inner.url, inner.tls.as_ref());
-        let body = exchange::send(&inner.pool, &inner.request, inner.limits, open).await?;
-        let payload = validate(&body).map_err(AttemptError::InvalidPayload)?;
-        Ok(Payload(payload.to_vec()))
+        let mut body = exchange::send(&inner.pool, &inner.request, inner.limits, open).await?;
+        validate(&body).map_err(AttemptError::InvalidPayload)?;
+        // The payload is the body without surrounding whitespace, so the
+        // body's buffer is trimmed in place instead of copied.
+        body.truncate(body.trim_ascii_end().len());
+        let start = body.len() - body.trim_ascii_start().len();
+        body.drain(..start);
+        Ok(Payload(body))
     }
 
     /// Returns a task that closes connections idle past the timeout, and
