@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, future};
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 
 use super::stream::MaybeTls;
 
@@ -182,12 +184,24 @@ pub async fn close_expired_forever(pool: Weak<Pool>) {
 /// A read that completes at once means the upstream closed the connection
 /// (end of stream), reset it (an error) or sent bytes that answer no request;
 /// in every case the connection is unusable. Only a read that would block
-/// leaves it fit for a new request. For TLS, records without application
-/// data, such as TLS 1.3 session tickets, are consumed and still count as
-/// silent.
+/// leaves it fit for a new request.
 async fn is_idle(connection: &mut Connection) -> bool {
-    let mut byte = [0u8; 1];
-    future::poll_once(connection.read(&mut byte))
-        .await
-        .is_none()
+    match connection {
+        // A non-blocking peek is one system call and leaves the socket's
+        // registration with the reactor untouched.
+        MaybeTls::Plain(tcp) => {
+            let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+            let peeked = rustix::net::recv(&*tcp, &mut [0u8; 1], flags);
+            matches!(peeked, Err(error) if error == Errno::WOULDBLOCK)
+        }
+        // TLS records without application data, such as TLS 1.3 session
+        // tickets, are consumed here and still count as silent, which a
+        // peek at the socket could not tell.
+        MaybeTls::Tls(_) => {
+            let mut byte = [0u8; 1];
+            future::poll_once(connection.read(&mut byte))
+                .await
+                .is_none()
+        }
+    }
 }
