@@ -260,18 +260,24 @@ CA=(--upstream-ca "$WORK/upstream.pem")
 
 # Each row: name|what wrk targets. fanout rows start their own process.
 declare -A ROW_URL
-THROUGHPUT_ROWS=(upstream proxy all_http first_http first_http_finish all_https
-    first_https first_https_finish all_https_nopool all_http_nopool)
+THROUGHPUT_ROWS=(upstream proxy all_http all_http_1thread first_http first_http_finish
+    all_https first_https first_https_finish all_https_nopool all_http_nopool)
 ROW_URL[upstream]=$INSTANT_URL
 ROW_URL[proxy]="http://127.0.0.1:$NGINX_PROXY_PORT/api/work"
 
 start_fanout --upstream "$INSTANT_URL"
 ROW_URL[all_http]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+sleep 0.2
+FANOUT_START_LINE=$(grep -m1 'listening' "$WORK/fanout-$PORT.log" || true)
+start_fanout --upstream "$INSTANT_URL" --threads 1
+ROW_URL[all_http_1thread]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+start_fanout --upstream "$INSTANT_URL" --losers cancel
 ROW_URL[first_http]="http://127.0.0.1:$PORT/api/first?timeout=1000"
 start_fanout --upstream "$INSTANT_URL" --losers finish
 ROW_URL[first_http_finish]="http://127.0.0.1:$PORT/api/first?timeout=1000"
 start_fanout --upstream "$HTTPS_URL" "${CA[@]}"
 ROW_URL[all_https]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --losers cancel
 ROW_URL[first_https]="http://127.0.0.1:$PORT/api/first?timeout=1000"
 start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --losers finish
 ROW_URL[first_https_finish]="http://127.0.0.1:$PORT/api/first?timeout=1000"
@@ -279,7 +285,6 @@ start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --upstream-max-idle 0
 ROW_URL[all_https_nopool]="http://127.0.0.1:$PORT/api/all?timeout=1000"
 start_fanout --upstream "$INSTANT_URL" --upstream-max-idle 0
 ROW_URL[all_http_nopool]="http://127.0.0.1:$PORT/api/all?timeout=1000"
-FANOUT_START_LINE=$(grep -m1 'msg=listening' "$WORK/fanout-$PORT.log" || true)
 
 for round in $(seq 1 "$ROUNDS"); do
     for row in "${THROUGHPUT_ROWS[@]}"; do
@@ -396,7 +401,7 @@ UPSTREAM_RPS=$(m tp_upstream)
 PROXY_RPS=$(m tp_proxy)
 ALL_HTTP_RPS=$(m tp_all_http)
 BINARY_BYTES=$(stat -c %s "$FANOUT")
-THREADS_USED=$(sed -n 's/.* threads=\([0-9]*\).*/\1/p' <<<"$FANOUT_START_LINE")
+THREADS_USED=$(grep -oE 'threads[":= ]+[0-9]+' <<<"$FANOUT_START_LINE" | grep -oE '[0-9]+$' || true)
 
 echo
 echo "fanout load test, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $ROUNDS round(s), medians"
@@ -406,9 +411,10 @@ echo
 echo "| measurement | median | ratio to upstream direct | ratio to nginx proxy | errors (median) |"
 echo "|---|---|---|---|---|"
 declare -A LABEL=(
-    [upstream]="upstream direct, one exchange (req/s)"
+    [upstream]="$UPSTREAM_KIND serving the upstream response directly, one exchange (req/s)"
     [proxy]="nginx reverse proxy, keep-alive (req/s)"
     [all_http]="fanout /api/all, http upstream (req/s)"
+    [all_http_1thread]="fanout /api/all, http upstream, --threads 1 (req/s)"
     [first_http]="fanout /api/first, http, --losers cancel (req/s)"
     [first_http_finish]="fanout /api/first, http, --losers finish (req/s)"
     [all_https]="fanout /api/all, https upstream (req/s)"
@@ -428,7 +434,7 @@ echo "| /api/all https ÷ /api/all http | $(ratio "$(m tp_all_https)" "$ALL_HTTP
 echo "| /api/all http ÷ nginx proxy (target >= 0.5) | $(ratio "$ALL_HTTP_RPS" "$PROXY_RPS") |"
 echo "| concurrency: connections x seconds | $SOAK_CONNECTIONS x $SOAK_SECONDS |"
 echo "| concurrency: req/s | $(m conc_rps) |"
-echo "| concurrency: share 200 / 500 / 503 / other (%) | $(m conc_s200) / $(m conc_s500) / $(m conc_s503) / $(m conc_sother) |"
+echo "| concurrency: share 200 / 500 / 503 / other (%) | $(m conc_s200) / $(m conc_s500) / $(m conc_s503) / $(m conc_other) |"
 echo "| concurrency: socket errors and wrk timeouts | $(m conc_errors) |"
 echo "| concurrency: latency p50 / p99 / max (ms) | $(m conc_p50) / $(m conc_p99) / $(m conc_max) |"
 echo "| concurrency: responses later than timeout + 20 ms | $(m conc_late) |"
