@@ -173,7 +173,7 @@ const SERVE_OPTIONS: &[Spec] = &[
         flag: "--upstream-max-idle",
         env: "FANOUT_UPSTREAM_MAX_IDLE",
         value: Some("N"),
-        help: "most idle keep-alive upstream connections kept for reuse; 0 turns reuse off",
+        help: "maximum number of idle keep-alive upstream connections kept for reuse; 0 turns reuse off",
         default: "256",
     },
     Spec {

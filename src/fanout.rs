@@ -4,7 +4,7 @@
 //! the race drops the futures still running, which closes their sockets
 //! there and then. When the policy decides first, the attempts still running
 //! go to the caller's `cancelled` function, which may drop them the same way
-//! or let them finish elsewhere; the race itself spawns nothing.
+//! or let them finish elsewhere. The race itself spawns nothing.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -25,7 +25,7 @@ pub enum Policy {
     First,
 }
 
-/// What happens to the attempts still running once `/api/first` has its answer.
+/// What happens to the attempts still running once `/api/first` has its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Losers {
     /// Drop them at once, which closes their connections.

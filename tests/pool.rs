@@ -125,7 +125,8 @@ fn no_reuse_after_unreusable_response() {
 
 #[test]
 fn no_reuse_after_peer_close() {
-    // The upstream answers and closes its side without saying so in the head.
+    // The upstream responds and closes its side without a `Connection: close`
+    // header.
     let upstream = FakeUpstream::start(vec![
         Step::KeepAlive(vec![Step::RespondAndClose {
             delay: Duration::ZERO,
@@ -243,7 +244,7 @@ fn max_idle_bounds_kept_connections() {
     let response = gateway.get("/api/all?timeout=3000");
     assert_eq!(response.status, 200, "{}", response.body);
 
-    // One of the two connections is closed because the pool holds one.
+    // One of the two connections is closed because the pool keeps one.
     let connections = upstream.wait_closed(1);
     let after_response = connections
         .iter()

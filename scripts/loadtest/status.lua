@@ -29,9 +29,9 @@ function response(status, headers, body)
 end
 
 -- Returns how many of `total` latencies exceed `limit_us`. wrk's
--- latency(i) scans the whole histogram on every call, which makes a loop
--- over it quadratic; percentile() scans once, so this bisects over the
--- percentile instead, about 40 scans.
+-- latency(i) scans the whole histogram on every call, so a loop over it is
+-- quadratic. percentile() scans once, so this bisects over the percentile
+-- instead, in 40 scans.
 function count_late(latency, total, limit_us)
   if total == 0 or latency.max <= limit_us then
     return 0

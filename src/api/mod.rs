@@ -39,7 +39,8 @@ impl Api {
 
     /// Lets attempts that lose the race run on `executor` until the request's
     /// deadline, instead of dropping them, so their connections can return
-    /// to the pool; at most `max_running` at once, and any beyond are dropped.
+    /// to the pool. At most `max_running` run at once, and any beyond are
+    /// dropped.
     pub fn finish_losers(mut self, executor: Arc<Executor<'static>>, max_running: usize) -> Api {
         self.losers = Some(Losers::new(executor, max_running));
         self

@@ -43,9 +43,9 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// `net.core.somaxconn` (4096 by default since Linux 5.4). When a burst of
 /// connections overflows the queue, the kernel drops the client's final
 /// handshake packet while the client already counts itself connected and
-/// sends its request; the server then sees that request only after a SYN-ACK
-/// retransmission, a second or more later. The standard library listens
-/// with a queue of 128.
+/// sends its request. The server then receives that request only after a
+/// SYN-ACK retransmission, a second or more later. The standard library
+/// listens with a queue of 128.
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listener on `address` with an accept queue of [`LISTEN_BACKLOG`].

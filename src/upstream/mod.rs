@@ -4,7 +4,7 @@
 //!
 //! An attempt has no timeout of its own. The caller races it against the
 //! request's deadline and drops it when the deadline passes or the race is
-//! decided; dropping closes its socket at once, whatever phase it is in, and
+//! decided. Dropping closes its socket at once, whatever phase it is in, and
 //! the connection never returns to the pool.
 
 mod chunked;
@@ -74,7 +74,7 @@ struct Inner {
 
 impl Client {
     /// Creates a client for `url`, trusting `extra_ca_pem` in addition to the
-    /// system roots, and keeping idle connections as `pool` says.
+    /// system roots, and keeping idle connections with the settings in `pool`.
     pub fn new(
         url: UpstreamUrl,
         extra_ca_pem: Option<&[u8]>,
@@ -85,8 +85,8 @@ impl Client {
             Scheme::Http => None,
         };
         let pool = Pool::new(pool);
-        // Without a pool, the upstream is told to close, so neither side
-        // keeps a connection that will never carry a second request.
+        // Without a pool, the request carries `Connection: close`, so neither
+        // side keeps a connection that will never carry a second request.
         let connection = if pool.is_enabled() {
             ""
         } else {

@@ -2,7 +2,7 @@
 //!
 //! An attempt takes the most recently returned connection, so a burst reuses
 //! a few warm connections and the rest age out. A connection goes back only
-//! when its response allowed reuse and was read exactly to its end; before a
+//! when its response allowed reuse and was read exactly to its end. Before a
 //! connection is handed out again, a read that must find nothing checks that
 //! the upstream has neither closed it nor sent stray bytes.
 
@@ -24,7 +24,7 @@ pub type Connection = MaybeTls<TcpStream>;
 /// Settings of the connection pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// The most idle connections kept; 0 turns reuse off.
+    /// The maximum number of idle connections kept; 0 turns reuse off.
     pub max_idle: usize,
     /// How long a connection may stay idle before it is closed.
     pub idle_timeout: Duration,
@@ -39,8 +39,8 @@ impl PoolConfig {
     /// The default idle timeout, in milliseconds. It is shorter than the 5 s
     /// keep-alive timeout that Node.js (`server.keepAliveTimeout`) and Apache
     /// httpd (`KeepAliveTimeout`) default to, so fanout usually closes an idle
-    /// connection before the upstream does, which makes the race of writing a
-    /// request to a socket the upstream is closing rare.
+    /// connection before the upstream does. That makes it rare to write a
+    /// request to a socket that the upstream is closing.
     pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 4_000;
 }
 
@@ -159,8 +159,8 @@ impl Pool {
 /// Closes expired idle connections of `pool` every quarter of its idle
 /// timeout, until the pool is dropped.
 ///
-/// Without it, a pool that sees no traffic would keep its connections, and
-/// their descriptors, until the next attempt.
+/// Without it, a pool without traffic would keep its connections, and their
+/// descriptors, until the next attempt.
 pub async fn close_expired_forever(pool: Weak<Pool>) {
     let Some(period) = pool.upgrade().map(|pool| pool.config.idle_timeout / 4) else {
         return;
@@ -182,8 +182,8 @@ pub async fn close_expired_forever(pool: Weak<Pool>) {
 /// Tells whether an idle connection is still open and silent.
 ///
 /// A read that completes at once means the upstream closed the connection
-/// (end of stream), reset it (an error) or sent bytes that answer no request;
-/// in every case the connection is unusable. Only a read that would block
+/// (end of stream), reset it (an error) or sent bytes that belong to no
+/// request. In every case the connection is unusable. Only a read that would block
 /// leaves it fit for a new request.
 async fn is_idle(connection: &mut Connection) -> bool {
     match connection {

@@ -17,9 +17,9 @@ const MAX_HEADERS: usize = 64;
 const MAX_LOCATION: usize = 256;
 
 /// The size of each read from the upstream socket. A response from the
-/// upstream is a few hundred bytes, so one read usually takes all of it;
-/// the buffer is held by every pending attempt, which at 10,000 attempts
-/// in flight makes each KiB here 10 MB of memory.
+/// upstream is a few hundred bytes, so one read usually takes all of it.
+/// Every pending attempt keeps such a buffer, so at 10,000 attempts in
+/// flight each KiB here is 10 MB of memory.
 const READ_CHUNK: usize = 1024;
 
 /// Limits that bound the memory one upstream response may use.
