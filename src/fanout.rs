@@ -36,6 +36,7 @@ pub enum Losers {
 }
 
 impl Losers {
+    /// Returns the `--losers` value that selects this mode.
     pub fn as_str(self) -> &'static str {
         match self {
             Losers::Cancel => "cancel",

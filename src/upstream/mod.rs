@@ -27,7 +27,7 @@ use async_net::TcpStream;
 pub use self::chunked::{ChunkedDecoder, ChunkedError};
 pub use self::error::AttemptError;
 pub use self::payload::{PayloadError, validate};
-pub use self::pool::{Connection, PoolConfig};
+pub use self::pool::PoolConfig;
 pub use self::response::{Limits, MAX_HEAD};
 pub use self::stream::MaybeTls;
 pub use self::tls::{CaError, TlsConnector, TlsError, TlsStream};
@@ -136,15 +136,13 @@ impl Client {
     pub fn close_idle_connections(&self) -> impl Future<Output = ()> + Send + 'static {
         pool::close_expired_forever(Arc::downgrade(&self.inner.pool))
     }
-
-    /// Returns how many idle connections the pool holds.
-    pub fn idle_connections(&self) -> usize {
-        self.inner.pool.idle_count()
-    }
 }
 
 /// Opens a new connection to `url`: TCP, then a TLS handshake when `tls` is given.
-async fn open(url: &UpstreamUrl, tls: Option<&TlsConnector>) -> Result<Connection, AttemptError> {
+async fn open(
+    url: &UpstreamUrl,
+    tls: Option<&TlsConnector>,
+) -> Result<pool::Connection, AttemptError> {
     let tcp = connect(url).await?;
     match tls {
         None => Ok(MaybeTls::Plain(tcp)),

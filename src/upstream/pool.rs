@@ -73,6 +73,7 @@ impl Pool {
         }
     }
 
+    /// Tells whether connections are kept at all.
     pub fn is_enabled(&self) -> bool {
         self.config.max_idle > 0
     }
@@ -133,11 +134,6 @@ impl Pool {
             self.split_expired(&mut idle, Instant::now())
         };
         drop(expired);
-    }
-
-    /// Returns how many connections are idle.
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
     }
 
     /// Removes the connections idle for longer than the timeout and returns them.
