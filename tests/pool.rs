@@ -294,8 +294,8 @@ fn finished_loser_returns_to_pool() {
     assert_eq!(response.status, 200, "{}", response.body);
     // Without the loser's connection in the pool, every connection would
     // have carried one request.
-    let most = requests_per_connection(&upstream).into_iter().max();
-    assert!(most >= Some(2), "{:?}", upstream.connections());
+    let max_requests = requests_per_connection(&upstream).into_iter().max();
+    assert!(max_requests >= Some(2), "{:?}", upstream.connections());
 }
 
 #[test]
