@@ -227,6 +227,8 @@ log "building the release binary"
 (cd "$ROOT" && cargo build --release --locked --quiet)
 
 log "working in $WORK"
+# The in-flight cap option, when this build of fanout has one.
+CAP_FLAG=$("$FANOUT" --help | grep -oE -- '--[a-z-]*in-?flight[a-z-]*' | head -n1 || true)
 # An ECDSA P-256 certificate for 127.0.0.1, the key type most HTTPS sites use.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
@@ -314,7 +316,11 @@ for round in $(seq 1 "$ROUNDS"); do
         connections=${soak%x*}
         seconds=${soak#*x}
         log "concurrency round $round: $connections connections for $seconds s"
-        start_fanout --upstream "$SIM_URL"
+        # A cap at the connection count keeps fanout from shedding any of
+        # the requests this section measures.
+        cap_args=()
+        [ -n "$CAP_FLAG" ] && cap_args=("$CAP_FLAG" "$connections")
+        start_fanout --upstream "$SIM_URL" "${cap_args[@]}"
         fanout_pid=$STARTED
         sample_descriptors "$fanout_pid" "$WORK/fds" &
         sampler=$!
@@ -376,7 +382,6 @@ stop "$HANG_PID"
 
 # ---------------------------------------------------------------- 4. overload
 
-CAP_FLAG=$("$FANOUT" --help | grep -oE -- '--[a-z-]*in-?flight[a-z-]*' | head -n1 || true)
 if [ -n "$CAP_FLAG" ]; then
     start_simulator --min-latency 100 --max-latency 600
     SIM_PID=$STARTED
