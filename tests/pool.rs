@@ -153,6 +153,35 @@ fn no_reuse_after_peer_close() {
 }
 
 #[test]
+fn no_reuse_after_tls_peer_close() {
+    let ca = Ca::new("fanout test CA");
+    let ca_file = ca.write_pem("pool-close");
+    let upstream = FakeUpstream::start_tls(
+        vec![
+            Step::KeepAlive(vec![Step::RespondAndClose {
+                delay: Duration::ZERO,
+                bytes: support::response(200, r#"{"time": 1}"#),
+            }]),
+            Step::KeepAlive(vec![ok(), ok()]),
+        ],
+        ca.issue(&["localhost", "127.0.0.1"]),
+    );
+    let gateway = gateway(&upstream, &["--upstream-ca", ca_file.to_str().unwrap()]);
+
+    succeed(&gateway, 1);
+    thread::sleep(Duration::from_millis(50));
+    succeed(&gateway, 1);
+
+    assert_eq!(requests_per_connection(&upstream), [1, 1]);
+    let first = upstream
+        .connections()
+        .into_iter()
+        .min_by_key(|c| c.accepted_at)
+        .unwrap();
+    assert_eq!(first.bytes_after_script, 0, "{first:?}");
+}
+
+#[test]
 fn retries_once_on_stale_connection() {
     // The upstream takes the second request on the kept-alive connection and
     // resets it without a response byte, as when it closes an idle

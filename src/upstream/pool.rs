@@ -179,25 +179,30 @@ pub async fn close_expired_forever(pool: Weak<Pool>) {
 ///
 /// A read that completes at once means the upstream closed the connection
 /// (end of stream), reset it (an error) or sent bytes that belong to no
-/// request. In every case the connection is unusable. Only a read that would block
-/// leaves it fit for a new request.
+/// request. In every case the connection is unusable. Only a read that would
+/// block leaves it fit for a new request.
 async fn is_idle(connection: &mut Connection) -> bool {
-    match connection {
-        // A non-blocking peek is one system call and leaves the socket's
-        // registration with the reactor untouched.
-        MaybeTls::Plain(tcp) => {
-            let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-            let peeked = rustix::net::recv(&*tcp, &mut [0u8; 1], flags);
-            matches!(peeked, Err(error) if error == Errno::WOULDBLOCK)
-        }
-        // TLS records without application data, such as TLS 1.3 session
-        // tickets, are consumed here and still count as silent, which a
-        // peek at the socket could not tell.
-        MaybeTls::Tls(_) => {
-            let mut byte = [0u8; 1];
-            future::poll_once(connection.read(&mut byte))
-                .await
-                .is_none()
-        }
+    // A non-blocking peek at the socket is one system call and leaves its
+    // registration with the reactor untouched.
+    let tcp = match connection {
+        MaybeTls::Plain(tcp) => tcp,
+        MaybeTls::Tls(tls) => tls.get_ref(),
+    };
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+    match rustix::net::recv(tcp, &mut [0u8; 1], flags) {
+        Err(error) => error == Errno::WOULDBLOCK,
+        Ok((_, 0)) => false,
+        Ok(_) => match connection {
+            MaybeTls::Plain(_) => false,
+            // Bytes on a TLS connection may be records without application
+            // data, such as TLS 1.3 session tickets. A read through TLS
+            // consumes those and still finds the connection silent.
+            MaybeTls::Tls(_) => {
+                let mut byte = [0u8; 1];
+                future::poll_once(connection.read(&mut byte))
+                    .await
+                    .is_none()
+            }
+        },
     }
 }
