@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::fanout::Losers;
 use crate::log::{Format, Level};
 use crate::server::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT, HEAD_CEILING,
     HEADERS_CEILING, HeadLimits,
 };
 use crate::simulator::SimulatorConfig;
-use crate::upstream::UpstreamUrl;
+use crate::upstream::{PoolConfig, UpstreamUrl};
 
 /// The upstream fanout calls unless told otherwise.
 pub const DEFAULT_UPSTREAM: &str = "https://exponea-engineering-assignment.appspot.com/api/work";
@@ -47,6 +48,14 @@ pub struct LogConfig {
 /// descriptor limit on Linux reaches past about a million, so a larger cap
 /// could never be used.
 const MAX_CAP: u64 = 1_000_000;
+/// The largest accepted `--upstream-max-idle`: one source address can hold
+/// at most one connection per local port to an upstream address.
+const MAX_IDLE_CONNECTIONS: u64 = 65_535;
+
+/// The default of `--losers`. Finishing losers measured faster: closing a
+/// loser costs a new connection later, over https a TLS handshake (see
+/// docs/PERFORMANCE.md).
+pub const DEFAULT_LOSERS: Losers = Losers::Finish;
 
 /// The gateway's configuration.
 #[derive(Debug)]
@@ -74,6 +83,9 @@ pub struct Config {
     pub write_timeout: Duration,
     /// The size limits on a request head.
     pub head: HeadLimits,
+    /// Reuse of upstream connections.
+    pub pool: PoolConfig,
+    pub losers: Losers,
 }
 
 /// The smallest `--max-head-size` accepted, in bytes: room for a request
@@ -163,6 +175,9 @@ const WRITE_TIMEOUT: usize = 16;
 const MAX_HEAD_SIZE: usize = 17;
 const MAX_HEADERS: usize = 18;
 const MAX_TARGET_LENGTH: usize = 19;
+const UPSTREAM_MAX_IDLE: usize = 20;
+const UPSTREAM_IDLE_TIMEOUT: usize = 21;
+const LOSERS: usize = 22;
 
 const SERVE_OPTIONS: &[Spec] = &[
     Spec {
@@ -292,6 +307,28 @@ const SERVE_OPTIONS: &[Spec] = &[
         value: Some("BYTES"),
         help: "maximum request target length, 64 bytes to --max-head-size; longer targets get 414",
         default: "8192, or --max-head-size if smaller",
+    },
+    Spec {
+        flag: "--upstream-max-idle",
+        env: "FANOUT_UPSTREAM_MAX_IDLE",
+        value: Some("N"),
+        help: "maximum number of idle keep-alive upstream connections kept for reuse; 0 turns reuse off",
+        default: "256",
+    },
+    Spec {
+        flag: "--upstream-idle-timeout",
+        env: "FANOUT_UPSTREAM_IDLE_TIMEOUT",
+        value: Some("MS"),
+        help: "how long an idle upstream connection is kept, in milliseconds",
+        default: "4000",
+    },
+    Spec {
+        flag: "--losers",
+        env: "FANOUT_LOSERS",
+        value: Some("MODE"),
+        help: "what /api/first does with upstream requests still running after one succeeded: \
+               cancel closes them, finish lets up to --upstream-max-idle of them run until the deadline so their connections are reused",
+        default: "finish",
     },
 ];
 
@@ -589,6 +626,17 @@ fn serve_command(values: &Values<'_>) -> Result<Command, ConfigError> {
         idle_timeout: millis(values, IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT)?,
         write_timeout: millis(values, WRITE_TIMEOUT, DEFAULT_WRITE_TIMEOUT)?,
         head: head_limits(values)?,
+        pool: PoolConfig {
+            max_idle: values
+                .number(UPSTREAM_MAX_IDLE, 0..=MAX_IDLE_CONNECTIONS)?
+                .map_or(PoolConfig::DEFAULT_MAX_IDLE, |n| n as usize),
+            idle_timeout: Duration::from_millis(
+                values
+                    .number(UPSTREAM_IDLE_TIMEOUT, 1..=MAX_MAX_TIMEOUT_MS)?
+                    .unwrap_or(PoolConfig::DEFAULT_IDLE_TIMEOUT_MS),
+            ),
+        },
+        losers: losers(values)?,
     };
     Ok(Command::Serve(Box::new(config)))
 }
@@ -680,6 +728,15 @@ fn log_config(values: &Values<'_>, format: usize, level: usize) -> Result<LogCon
             .map_err(|_| values.invalid(level, "error, warn, info, debug or off"))?,
     };
     Ok(LogConfig { format, max_level })
+}
+
+fn losers(values: &Values<'_>) -> Result<Losers, ConfigError> {
+    match values.get(LOSERS) {
+        None => Ok(DEFAULT_LOSERS),
+        Some("cancel") => Ok(Losers::Cancel),
+        Some("finish") => Ok(Losers::Finish),
+        Some(_) => Err(values.invalid(LOSERS, "cancel or finish")),
+    }
 }
 
 fn threads(values: &Values<'_>, index: usize) -> Result<usize, ConfigError> {
@@ -860,6 +917,35 @@ mod tests {
     }
 
     #[test]
+    fn pool_defaults_match_the_help() {
+        let config = serve(&[], &[]);
+        assert_eq!(config.pool, PoolConfig::default());
+        assert_eq!(config.losers, DEFAULT_LOSERS);
+        let help = help(false);
+        for default in [
+            PoolConfig::DEFAULT_MAX_IDLE as u64,
+            PoolConfig::DEFAULT_IDLE_TIMEOUT_MS,
+        ] {
+            assert!(help.contains(&format!("[default: {default}]")), "{help}");
+        }
+        assert!(
+            help.contains(&format!("[default: {}]", DEFAULT_LOSERS.as_str())),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn pool_and_loser_options_parse() {
+        let config = serve(
+            &["--upstream-max-idle", "0", "--losers", "finish"],
+            &[("FANOUT_UPSTREAM_IDLE_TIMEOUT", "250")],
+        );
+        assert_eq!(config.pool.max_idle, 0);
+        assert_eq!(config.pool.idle_timeout, Duration::from_millis(250));
+        assert_eq!(config.losers, Losers::Finish);
+    }
+
+    #[test]
     fn flag_overrides_environment() {
         let config = serve(
             &["--fanout", "3", "--listen=[::1]:9000"],
@@ -916,6 +1002,16 @@ mod tests {
                 &["--simulate-upstream", "--upstream", "http://a/"],
                 &[],
                 "--upstream and --simulate-upstream cannot be used together",
+            ),
+            (
+                &["--losers", "wait"],
+                &[],
+                "invalid --losers \"wait\": expected cancel or finish",
+            ),
+            (
+                &["--upstream-idle-timeout", "0"],
+                &[],
+                "invalid --upstream-idle-timeout \"0\": expected a whole number from 1 to 86400000",
             ),
             (
                 &["--simulate-failure-rate", "1.5"],

@@ -1,9 +1,10 @@
 //! Racing N upstream attempts under one deadline, with the `all` and `first` policies.
 //!
-//! Every attempt is a future owned by the race. When the answer is decided,
-//! by the policy or by the deadline, the race returns and drops the futures
-//! still running, which closes their sockets there and then: nothing is
-//! spawned, so nothing outlives the request.
+//! Every attempt is a future owned by the race. When the deadline passes,
+//! the race drops the futures still running, which closes their sockets
+//! there and then. When the policy decides first, the attempts still running
+//! go to the caller's `cancelled` function, which may drop them the same way
+//! or let them finish elsewhere. The race itself spawns nothing.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -22,6 +23,26 @@ pub enum Policy {
     All,
     /// Succeed with the first successful payload.
     First,
+}
+
+/// What happens to the attempts still running once `/api/first` has its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Losers {
+    /// Drop them at once, which closes their connections.
+    Cancel,
+    /// Let them run on in the background until the request's deadline, so
+    /// a connection whose response completes returns to the pool.
+    Finish,
+}
+
+impl Losers {
+    /// Returns the `--losers` value that selects this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Losers::Cancel => "cancel",
+            Losers::Finish => "finish",
+        }
+    }
 }
 
 /// The outcome of one attempt.
@@ -70,13 +91,29 @@ pub struct Report {
     pub attempts: Vec<Attempt>,
 }
 
-/// Runs `attempts` concurrently until `policy` is satisfied or `deadline` passes.
+/// Runs `attempts` concurrently until `policy` is satisfied or `deadline`
+/// passes, and drops the attempts still running.
 ///
 /// `All` answers once every attempt has finished, with the successful
 /// payloads in completion order, and fails if any attempt is still running at
 /// the deadline. `First` answers with the first success, skipping failures,
 /// and fails at once when every attempt has failed.
 pub async fn run<F>(attempts: Vec<F>, policy: Policy, deadline: Instant) -> Report
+where
+    F: Future<Output = Result<Payload, AttemptError>>,
+{
+    run_with(attempts, policy, deadline, drop).await
+}
+
+/// Runs the race like [`run`], but hands each attempt still running when the
+/// policy decides before the deadline to `cancelled` instead of dropping it.
+/// Attempts still running at the deadline are dropped.
+pub async fn run_with<F>(
+    attempts: Vec<F>,
+    policy: Policy,
+    deadline: Instant,
+    mut cancelled: impl FnMut(Pin<Box<F>>),
+) -> Report
 where
     F: Future<Output = Result<Payload, AttemptError>>,
 {
@@ -123,13 +160,15 @@ where
     let elapsed = started.elapsed();
     let mut attempts = Vec::with_capacity(finished.len());
     for (slot, attempt) in running.iter_mut().zip(finished) {
-        let dropped = slot.take().map(|_| Attempt {
-            outcome: if timed_out {
+        let dropped = slot.take().map(|future| {
+            let outcome = if timed_out {
+                drop(future);
                 Outcome::TimedOut
             } else {
+                cancelled(future);
                 Outcome::Cancelled
-            },
-            elapsed,
+            };
+            Attempt { outcome, elapsed }
         });
         attempts.push(
             attempt
@@ -239,6 +278,28 @@ mod tests {
         let report = block_on(run(attempts, Policy::First, deadline(5_000)));
         assert_eq!(report.result.as_ref().unwrap()[0].as_bytes(), b"a");
         assert_eq!(kinds(&report), ["http_status", "ok", "cancelled"]);
+    }
+
+    #[test]
+    fn cancelled_attempts_go_to_the_caller() {
+        let mut handed_over = Vec::new();
+        let attempts = vec![after(1, Ok("a")), after(10_000, Ok("b"))];
+        let report = block_on(run_with(attempts, Policy::First, deadline(5_000), |f| {
+            handed_over.push(f)
+        }));
+        assert_eq!(kinds(&report), ["ok", "cancelled"]);
+        assert_eq!(handed_over.len(), 1);
+    }
+
+    #[test]
+    fn timed_out_attempts_are_dropped() {
+        let mut handed_over = 0;
+        let attempts = vec![after(1, Ok("a")), after(10_000, Ok("b"))];
+        let report = block_on(run_with(attempts, Policy::All, deadline(20), |_| {
+            handed_over += 1
+        }));
+        assert_eq!(kinds(&report), ["ok", "timeout"]);
+        assert_eq!(handed_over, 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use async_net::TcpListener;
 use async_signal::{Signal, Signals};
 use fanout::api::Api;
 use fanout::config::{self, Command, Config};
+use fanout::fanout::Losers;
 use fanout::log::{self, Level};
 use fanout::server::{Limits, Shutdown};
 use fanout::simulator::{self, SimulatorConfig};
@@ -86,7 +87,7 @@ fn serve(config: Config) -> ExitCode {
     let descriptors = server::raise_descriptor_limit();
     let limits = limits(&config, descriptors);
     runtime::run(threads, |executor| async move {
-        let listener = match TcpListener::bind(config.listen).await {
+        let listener = match server::bind(config.listen).await {
             Ok(listener) => listener,
             Err(error) => return startup_failed("cannot listen", &config.listen, &error),
         };
@@ -106,6 +107,7 @@ fn serve(config: Config) -> ExitCode {
         let client = match Client::new(
             upstream,
             config.upstream_ca.as_ref().map(|(_, pem)| pem.as_slice()),
+            config.pool,
         ) {
             Ok(client) => client,
             Err(error) => {
@@ -137,14 +139,27 @@ fn serve(config: Config) -> ExitCode {
                 ("max_connections", &limits.max_connections),
                 ("max_in_flight", &limits.max_in_flight),
                 ("descriptor_limit", &Limit(descriptors)),
+                ("upstream_max_idle", &config.pool.max_idle),
+                (
+                    "upstream_idle_timeout_ms",
+                    &config.pool.idle_timeout.as_millis(),
+                ),
+                ("losers", &config.losers.as_str()),
             ],
         );
         executor
             .spawn(observe::report_periodically(config.summary_interval))
             .detach();
+        executor.spawn(client.close_idle_connections()).detach();
         let shutdown = Shutdown::new();
-        let api =
+        let mut api =
             Api::new(client, config.fanout, config.max_timeout_ms).with_shutdown(shutdown.clone());
+        if config.losers == Losers::Finish {
+            // A loser is finished only so that its connection can be pooled,
+            // so more of them than the pool keeps would hold descriptors for
+            // nothing.
+            api = api.finish_losers(executor.clone(), config.pool.max_idle);
+        }
         let serving = server::serve(listener, Arc::new(api), executor, limits, shutdown.clone());
         run_until_signal(serving, Some(shutdown)).await
     })
@@ -197,7 +212,7 @@ impl std::fmt::Display for Limit {
 
 fn simulate(listen: std::net::SocketAddr, simulator: SimulatorConfig, threads: usize) -> ExitCode {
     runtime::run(threads, |executor| async move {
-        let listener = match TcpListener::bind(listen).await {
+        let listener = match server::bind(listen).await {
             Ok(listener) => listener,
             Err(error) => return startup_failed("cannot listen", &listen, &error),
         };

@@ -146,7 +146,9 @@ async fn serve_connection(mut stream: TcpStream, dice: Arc<Dice>) {
     let mut buffer = Vec::new();
     while let Some(keep_alive) = read_request(&mut stream, &mut buffer).await {
         let (behaviour, latency) = dice.roll();
-        Timer::after(latency).await;
+        if closed_within(&mut stream, &mut buffer, latency).await {
+            return;
+        }
         let served = match behaviour {
             Behaviour::Ok => {
                 let body = format!("{{\"time\": {}}}", latency.as_millis());
@@ -182,6 +184,32 @@ async fn serve_connection(mut stream: TcpStream, dice: Arc<Dice>) {
             return;
         }
     }
+}
+
+/// Waits for `latency`, and returns early with `true` when the client closes
+/// the connection meanwhile. Bytes that arrive in the wait are kept in
+/// `buffer` for the next request.
+///
+/// Without the early return, a client that gives up, as fanout does at its
+/// deadline, would leave the connection and its descriptor open for the
+/// whole latency.
+async fn closed_within(stream: &mut TcpStream, buffer: &mut Vec<u8>, latency: Duration) -> bool {
+    let closed = async {
+        let mut chunk = [0u8; 1024];
+        while buffer.len() < MAX_HEAD {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        }
+        // A client that sends this much without waiting is not served further.
+        true
+    };
+    let waited = async {
+        Timer::after(latency).await;
+        false
+    };
+    waited.or(closed).await
 }
 
 /// Reads one request head and returns whether the connection stays open after it.

@@ -204,7 +204,40 @@ fn first_times_out_at_deadline_when_both_hang() {
 #[test]
 fn lost_race_closes_loser_connection() {
     let upstream = FakeUpstream::start(vec![Step::ok(10, r#"{"time": 10}"#), Step::Hang]);
-    let gateway = gateway_for(&upstream);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--losers", "cancel"]);
+
+    let response = gateway.get("/api/first?timeout=5000");
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    let connections = upstream.wait_closed(1);
+    let closed: Vec<_> = connections
+        .iter()
+        .filter(|c| c.closed_at.is_some())
+        .collect();
+    assert_eq!(closed.len(), 1, "{connections:?}");
+    let after_response = closed[0]
+        .closed_at
+        .unwrap()
+        .saturating_duration_since(response.received_at);
+    assert!(
+        after_response < CLOSE_SLACK,
+        "closed {after_response:?} after the response: {connections:?}"
+    );
+
+    // The winner's connection stays open for reuse.
+    std::thread::sleep(CLOSE_SLACK);
+    let open = upstream
+        .connections()
+        .iter()
+        .filter(|c| c.closed_at.is_none())
+        .count();
+    assert_eq!(open, 1, "{:?}", upstream.connections());
+}
+
+#[test]
+fn lost_race_without_pool_closes_both() {
+    let upstream = FakeUpstream::start(vec![Step::ok(10, r#"{"time": 10}"#), Step::Hang]);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--upstream-max-idle", "0"]);
 
     let response = gateway.get("/api/first?timeout=5000");
     assert_eq!(response.status, 200, "{}", response.body);

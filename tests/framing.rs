@@ -17,7 +17,14 @@ const PROMPT: Duration = Duration::from_secs(2);
 fn gateway() -> (FakeUpstream, Gateway) {
     let steps = (0..64).map(|_| Step::ok(0, r#"{"time": 1}"#)).collect();
     let upstream = FakeUpstream::start(steps);
-    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--header-timeout", "5000"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--upstream-max-idle",
+        "0",
+        "--header-timeout",
+        "5000",
+    ]);
     (upstream, gateway)
 }
 

@@ -22,7 +22,13 @@ fn gateway_with(args: &[&str]) -> (FakeUpstream, Gateway) {
     let steps = (0..16).map(|_| Step::ok(0, r#"{"time": 1}"#)).collect();
     let upstream = FakeUpstream::start(steps);
     let url = upstream.url();
-    let gateway = Gateway::start(&[&["--upstream", url.as_str()], args].concat());
+    let gateway = Gateway::start(
+        &[
+            &["--upstream", url.as_str(), "--upstream-max-idle", "0"],
+            args,
+        ]
+        .concat(),
+    );
     (upstream, gateway)
 }
 
@@ -208,7 +214,7 @@ fn in_flight_cap_sheds_with_503() {
 #[test]
 fn client_disconnect_cancels_upstream_requests() {
     let upstream = FakeUpstream::start(vec![Step::Hang, Step::Hang]);
-    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--upstream-max-idle", "0"]);
     let mut stream = gateway.connect();
     stream
         .write_all(b"GET /api/all?timeout=10000 HTTP/1.1\r\n\r\n")
@@ -231,7 +237,14 @@ fn client_disconnect_cancels_upstream_requests() {
 #[test]
 fn pipelined_requests_answered_in_order() {
     let upstream = FakeUpstream::start(vec![Step::ok(300, r#"{"time": 300}"#)]);
-    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--fanout", "1"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--upstream-max-idle",
+        "0",
+        "--fanout",
+        "1",
+    ]);
     let mut stream = gateway.connect();
     stream
         .write_all(b"GET /api/first?timeout=3000 HTTP/1.1\r\n\r\n")
@@ -263,9 +276,12 @@ fn write_timeout_closes_stalled_client() {
     let payload = format!(r#"{{"time": 1, "pad": "{}"}}"#, "a".repeat(60_000));
     let steps = (0..RESPONSES * 32).map(|_| Step::ok(0, &payload)).collect();
     let upstream = FakeUpstream::start(steps);
+    // Each scripted connection answers one request, so none is reused.
     let gateway = Gateway::start(&[
         "--upstream",
         &upstream.url(),
+        "--upstream-max-idle",
+        "0",
         "--fanout",
         "32",
         "--write-timeout",

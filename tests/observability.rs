@@ -17,7 +17,7 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
 fn gateway_for(upstream: &FakeUpstream) -> Gateway {
-    Gateway::start(&["--upstream", &upstream.url()])
+    Gateway::start(&["--upstream", &upstream.url(), "--upstream-max-idle", "0"])
 }
 
 /// Sends `GET target` with extra header lines, each ending in CRLF.
@@ -72,7 +72,14 @@ fn request_id_is_echoed_and_sent_upstream() {
 #[test]
 fn invalid_request_id_is_replaced() {
     let upstream = FakeUpstream::start(vec![Step::ok(0, r#"{"time": 1}"#); 4]);
-    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--fanout", "1"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--upstream-max-idle",
+        "0",
+        "--fanout",
+        "1",
+    ]);
     let too_long = "a".repeat(129);
     let cases = [
         format!("X-Request-Id: {too_long}\r\n"),
@@ -157,7 +164,14 @@ fn traceparent_is_continued_with_a_span_per_attempt() {
 #[test]
 fn malformed_traceparent_starts_a_new_trace() {
     let upstream = FakeUpstream::start(vec![Step::ok(0, r#"{"time": 1}"#)]);
-    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--fanout", "1"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--upstream-max-idle",
+        "0",
+        "--fanout",
+        "1",
+    ]);
 
     let header = "traceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01\r\nX-Request-Id: fresh\r\n";
     let response = get_with(&gateway, "/api/first?timeout=2000", header);
@@ -199,7 +213,14 @@ fn log_lines_are_json_with_fixed_fields() {
 #[test]
 fn text_format_writes_logfmt() {
     let upstream = FakeUpstream::start(vec![Step::ok(0, r#"{"time": 1}"#); 2]);
-    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--log-format", "text"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--upstream-max-idle",
+        "0",
+        "--log-format",
+        "text",
+    ]);
 
     let response = get_with(
         &gateway,
@@ -450,7 +471,14 @@ fn debug_upstream_summarizes_the_last_minute() {
 #[test]
 fn upstream_summary_is_logged_only_with_traffic() {
     let upstream = FakeUpstream::start(vec![Step::status(0, 500), Step::ok(0, r#"{"time": 1}"#)]);
-    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--summary-interval", "1"]);
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &upstream.url(),
+        "--upstream-max-idle",
+        "0",
+        "--summary-interval",
+        "1",
+    ]);
 
     thread::sleep(Duration::from_millis(2_300));
     let quiet = gateway

@@ -16,7 +16,9 @@ fn gateway() -> (FakeUpstream, Gateway) {
         .map(|i| Step::ok(0, &format!("{{\"time\": {i}}}")))
         .collect();
     let upstream = FakeUpstream::start(steps);
-    let gateway = Gateway::start(&["--upstream", &upstream.url()]);
+    // Each scripted connection answers one request, so the gateway must not
+    // reuse upstream connections here; these tests are about the client side.
+    let gateway = Gateway::start(&["--upstream", &upstream.url(), "--upstream-max-idle", "0"]);
     (upstream, gateway)
 }
 

@@ -1,10 +1,15 @@
 //! The API: routing, the `/api/all` and `/api/first` endpoints, and the mapping of fan-out results to responses.
 
+mod losers;
 mod query;
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use smol::Executor;
+
+use self::losers::Losers;
 pub use self::query::{QueryError, QueryErrorMessage, parse_timeout};
 use crate::fanout::{self, Attempt, Failure, Outcome, Policy, Report};
 use crate::log::AttemptRecord;
@@ -19,6 +24,9 @@ pub struct Api {
     max_timeout_ms: u64,
     /// Once it drains, `/readyz` answers 503.
     shutdown: Shutdown,
+    /// Runs the losing attempts of `/api/first` to their end, when set;
+    /// otherwise they are dropped.
+    losers: Option<Losers>,
 }
 
 impl Api {
@@ -29,12 +37,22 @@ impl Api {
             fanout,
             max_timeout_ms,
             shutdown: Shutdown::new(),
+            losers: None,
         }
     }
 
     /// Makes `/readyz` answer 503 once `shutdown` begins draining.
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Api {
         self.shutdown = shutdown;
+        self
+    }
+
+    /// Lets attempts that lose the race run on `executor` until the request's
+    /// deadline, instead of dropping them, so their connections can return
+    /// to the pool. At most `max_running` run at once, and any beyond are
+    /// dropped.
+    pub fn finish_losers(mut self, executor: Arc<Executor<'static>>, max_running: usize) -> Api {
+        self.losers = Some(Losers::new(executor, max_running));
         self
     }
 
@@ -54,12 +72,22 @@ impl Api {
         let deadline = received_at + timeout;
         // Each attempt is its own span, so the upstream's logs can tell them apart.
         let spans: Vec<SpanId> = (0..self.fanout).map(|_| SpanId::generate()).collect();
-        let headers: Vec<String> = spans
+        let attempts = spans
             .iter()
-            .map(|span| observe::upstream_headers(request, *span))
+            .map(|span| {
+                let client = self.client.clone();
+                let headers = observe::upstream_headers(request, *span);
+                async move { client.fetch(&headers).await }
+            })
             .collect();
-        let attempts = headers.iter().map(|h| self.client.fetch(h)).collect();
-        let report = fanout::run(attempts, policy, deadline).await;
+        // A loser not handed to `losers` is dropped when the closure
+        // returns, which closes its connection.
+        let report = fanout::run_with(attempts, policy, deadline, |attempt| {
+            if let Some(losers) = &self.losers {
+                losers.finish(attempt, deadline);
+            }
+        })
+        .await;
         observe::record_attempts(&report.attempts);
         let mut response = respond(policy, timeout, report, &spans);
         response.timeout_ms = Some(timeout.as_millis() as u64);

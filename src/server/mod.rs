@@ -14,6 +14,7 @@ mod response;
 mod shutdown;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -60,6 +61,24 @@ struct Slot {
     /// Its part in the count of open connections: draining ends when every
     /// sender of this channel is gone.
     _open: Sender<()>,
+}
+
+/// The accept queue length asked of the kernel, which caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4). When a burst of
+/// connections overflows the queue, the kernel drops the client's final
+/// handshake packet while the client already counts itself connected and
+/// sends its request. The server then receives that request only after a
+/// SYN-ACK retransmission, a second or more later. The standard library
+/// listens with a queue of 128.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listener on `address` with an accept queue of [`LISTEN_BACKLOG`].
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await?;
+    // Linux applies a new backlog when listen is called again on a
+    // listening socket.
+    rustix::net::listen(&listener, LISTEN_BACKLOG)?;
+    Ok(listener)
 }
 
 /// Accepts connections on `listener`, serving each on `executor`, until

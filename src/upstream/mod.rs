@@ -1,32 +1,39 @@
-//! The upstream client: one attempt is connect, optional TLS handshake, one
-//! request, one response, and validation of its payload.
+//! The upstream client: one attempt is an idle pooled connection or a new
+//! one (connect and optional TLS handshake), one request, one response, and
+//! validation of its payload.
 //!
 //! An attempt has no timeout of its own. The caller races it against the
 //! request's deadline and drops it when the deadline passes or the race is
-//! decided; dropping closes its socket at once, whatever phase it is in.
+//! decided. Dropping closes its socket at once, whatever phase it is in, and
+//! the connection never returns to the pool.
 
 mod chunked;
 mod error;
+mod exchange;
 mod payload;
+mod pool;
 mod response;
 mod stream;
 mod tls;
 mod url;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_net::TcpStream;
-use futures_lite::AsyncWriteExt;
 
 pub use self::chunked::{ChunkedDecoder, ChunkedError};
 pub use self::error::AttemptError;
 pub use self::payload::{PayloadError, validate};
+pub use self::pool::PoolConfig;
 pub use self::response::{Limits, MAX_HEAD};
 pub use self::stream::MaybeTls;
 pub use self::tls::{CaError, TlsConnector, TlsError, TlsStream};
 pub use self::url::{Scheme, UpstreamUrl, UrlError};
+
+use self::pool::Pool;
 
 /// The largest upstream body accepted, in bytes. The real upstream sends
 /// about 15; the cap leaves room for richer payloads while keeping the memory
@@ -63,17 +70,31 @@ struct Inner {
     /// never changes; it ends with a field's CRLF, not the blank line.
     request_start: Vec<u8>,
     limits: Limits,
+    pool: Arc<Pool>,
 }
 
 impl Client {
-    /// Creates a client for `url`, trusting `extra_ca_pem` in addition to the system roots.
-    pub fn new(url: UpstreamUrl, extra_ca_pem: Option<&[u8]>) -> Result<Client, CaError> {
+    /// Creates a client for `url`, trusting `extra_ca_pem` in addition to the
+    /// system roots, and keeping idle connections with the settings in `pool`.
+    pub fn new(
+        url: UpstreamUrl,
+        extra_ca_pem: Option<&[u8]>,
+        pool: PoolConfig,
+    ) -> Result<Client, CaError> {
         let tls = match url.scheme {
             Scheme::Https => Some(TlsConnector::new(extra_ca_pem)?),
             Scheme::Http => None,
         };
+        let pool = Pool::new(pool);
+        // Without a pool, the request carries `Connection: close`, so neither
+        // side keeps a connection that will never carry a second request.
+        let connection = if pool.is_enabled() {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fanout/{}\r\nAccept: application/json\r\nConnection: close\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fanout/{}\r\nAccept: application/json\r\n{connection}",
             url.target,
             url.authority,
             env!("CARGO_PKG_VERSION"),
@@ -88,6 +109,7 @@ impl Client {
                 tls,
                 request_start: request.into_bytes(),
                 limits,
+                pool: Arc::new(pool),
             }),
         })
     }
@@ -109,26 +131,39 @@ impl Client {
         request.extend_from_slice(extra_headers.as_bytes());
         request.extend_from_slice(b"\r\n");
 
-        let tcp = connect(&inner.url).await?;
-        let mut stream = match &inner.tls {
-            None => MaybeTls::Plain(tcp),
-            Some(connector) => {
-                let tls = connector
-                    .connect(&inner.url.host, tcp)
-                    .await
-                    .map_err(AttemptError::Tls)?;
-                MaybeTls::Tls(Box::new(tls))
-            }
-        };
+        let open = || open(&inner.url, inner.tls.as_ref());
+        let mut body = exchange::send(&inner.pool, &request, inner.limits, open).await?;
+        validate(&body).map_err(AttemptError::InvalidPayload)?;
+        // The payload is the body without surrounding whitespace, so the
+        // body's buffer is trimmed in place instead of copied.
+        body.truncate(body.trim_ascii_end().len());
+        let start = body.len() - body.trim_ascii_start().len();
+        body.drain(..start);
+        Ok(Payload(body))
+    }
 
-        stream
-            .write_all(&request)
-            .await
-            .map_err(AttemptError::from_io)?;
-        stream.flush().await.map_err(AttemptError::from_io)?;
-        let body = response::read_body(&mut stream, inner.limits).await?;
-        let payload = validate(&body).map_err(AttemptError::InvalidPayload)?;
-        Ok(Payload(payload.to_vec()))
+    /// Returns a task that closes connections idle past the timeout, and
+    /// ends once every clone of this client is dropped. Spawn it once.
+    pub fn close_idle_connections(&self) -> impl Future<Output = ()> + Send + 'static {
+        pool::close_expired_forever(Arc::downgrade(&self.inner.pool))
+    }
+}
+
+/// Opens a new connection to `url`: TCP, then a TLS handshake when `tls` is given.
+async fn open(
+    url: &UpstreamUrl,
+    tls: Option<&TlsConnector>,
+) -> Result<pool::Connection, AttemptError> {
+    let tcp = connect(url).await?;
+    match tls {
+        None => Ok(MaybeTls::Plain(tcp)),
+        Some(connector) => {
+            let tls = connector
+                .connect(&url.host, tcp)
+                .await
+                .map_err(AttemptError::Tls)?;
+            Ok(MaybeTls::Tls(Box::new(tls)))
+        }
     }
 }
 

@@ -29,8 +29,11 @@ const MAX_HEADERS: usize = 64;
 /// The most bytes of a redirect's `Location` kept for the error message.
 const MAX_LOCATION: usize = 256;
 
-/// The size of each read from the upstream socket.
-const READ_CHUNK: usize = 4096;
+/// The size of each read from the upstream socket. A response from the
+/// upstream is a few hundred bytes, so one read usually takes all of it.
+/// Every pending attempt keeps such a buffer, so at 10,000 attempts in
+/// flight each KiB here is 10 MB of memory.
+const READ_CHUNK: usize = 1024;
 
 /// Limits that bound the memory one upstream response may use.
 #[derive(Clone, Copy, Debug)]
@@ -47,39 +50,62 @@ enum Framing {
     Close,
 }
 
-/// Reads a response from `stream` and returns its body when the status is 200.
+/// The body of a 200 response, and whether its connection may carry another request.
+#[derive(Debug)]
+pub struct Body {
+    pub bytes: Vec<u8>,
+    /// True when the response was HTTP/1.1 without `Connection: close` and
+    /// its body was framed by length or chunks and read exactly to its end.
+    pub reusable: bool,
+}
+
+/// Reads a response from `stream` and returns its body when the status is 200,
+/// and whether the connection may carry another request.
 ///
-/// Any other status fails at once without reading the body, because the
-/// connection is closed after one exchange and the body would be discarded.
-pub async fn read_body<R>(stream: &mut R, limits: Limits) -> Result<Vec<u8>, AttemptError>
+/// Any other status fails at once without reading the body, so its
+/// connection must not be reused.
+pub async fn read_response<R>(stream: &mut R, limits: Limits) -> Result<Body, AttemptError>
 where
     R: AsyncRead + Unpin,
 {
     let mut buffer = Vec::with_capacity(READ_CHUNK);
-    let (head_length, framing) = read_head(stream, &mut buffer, limits).await?;
+    let (head_length, framing, persistent) = read_head(stream, &mut buffer, limits).await?;
     buffer.drain(..head_length);
-    match framing {
-        Framing::Length(length) => read_length(stream, buffer, length, limits.max_body).await,
-        Framing::Chunked => read_chunked(stream, buffer, limits.max_body).await,
-        Framing::Close => read_to_close(stream, buffer, limits.max_body).await,
-    }
+    // Both framed readers fail on bytes past the end of the body, so a body
+    // they return ends exactly where the next response would start.
+    let (bytes, framed) = match framing {
+        Framing::Length(length) => (
+            read_length(stream, buffer, length, limits.max_body).await?,
+            true,
+        ),
+        Framing::Chunked => (read_chunked(stream, buffer, limits.max_body).await?, true),
+        Framing::Close => (read_to_close(stream, buffer, limits.max_body).await?, false),
+    };
+    Ok(Body {
+        bytes,
+        reusable: framed && persistent,
+    })
 }
 
 /// What a complete head means for the exchange.
 enum Head {
     /// A 1xx response of this many bytes: the final response follows it.
     Interim(usize),
-    /// The final response's head length and body framing.
-    Final(usize, Framing),
+    /// The final response's head length, body framing, and whether its
+    /// head allows the connection to stay open.
+    Final(usize, Framing, bool),
 }
 
 /// Reads past interim responses until the final head parses, then checks
 /// the status and chooses the framing.
+///
+/// Returns the head's length, the framing, and whether the head allows the
+/// connection to stay open.
 async fn read_head<R>(
     stream: &mut R,
     buffer: &mut Vec<u8>,
     limits: Limits,
-) -> Result<(usize, Framing), AttemptError>
+) -> Result<(usize, Framing, bool), AttemptError>
 where
     R: AsyncRead + Unpin,
 {
@@ -88,7 +114,9 @@ where
     let mut interim_bytes = 0;
     loop {
         match parse_head(buffer)? {
-            Some(Head::Final(length, framing)) => return Ok((length, framing)),
+            Some(Head::Final(length, framing, persistent)) => {
+                return Ok((length, framing, persistent));
+            }
             Some(Head::Interim(length)) => {
                 buffer.drain(..length);
                 interim_bytes += length;
@@ -114,6 +142,10 @@ where
 }
 
 /// Parses the head at the start of `buffer`; `None` when it is not complete yet.
+///
+/// A plain function, not part of the async reader, so that the 2 KiB array
+/// of header slots lives on the stack for the call instead of in every
+/// pending attempt's future.
 fn parse_head(buffer: &[u8]) -> Result<Option<Head>, AttemptError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
@@ -157,7 +189,7 @@ fn classify(
         204 | 304 if following > 0 => Err(AttemptError::Malformed(
             "bytes after a 204 or 304 response, which has no body",
         )),
-        _ => framing(response).map(|framing| Head::Final(length, framing)),
+        _ => framing(response).map(|framing| Head::Final(length, framing, is_persistent(response))),
     }
 }
 
@@ -210,6 +242,19 @@ fn framing(response: &httparse::Response<'_, '_>) -> Result<Framing, AttemptErro
         (None, Some(length)) => Ok(Framing::Length(length)),
         (None, None) => Ok(Framing::Close),
     }
+}
+
+/// Tells whether the head lets the connection carry another request: HTTP/1.1
+/// and no `close` token in any `Connection` field. HTTP/1.0 keep-alive is
+/// not used, since the upstreams fanout targets speak HTTP/1.1.
+fn is_persistent(response: &httparse::Response<'_, '_>) -> bool {
+    let closes = response
+        .headers
+        .iter()
+        .filter(|field| field.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|field| field.value.split(|&byte| byte == b','))
+        .any(|token| trim(token).eq_ignore_ascii_case(b"close"));
+    response.version == Some(1) && !closes
 }
 
 fn header<'a>(response: &httparse::Response<'_, 'a>, name: &str) -> Option<&'a [u8]> {
@@ -342,7 +387,8 @@ mod tests {
     };
 
     fn read(input: &[u8]) -> Result<Vec<u8>, AttemptError> {
-        futures_lite::future::block_on(read_body(&mut &input[..], LIMITS))
+        futures_lite::future::block_on(read_response(&mut &input[..], LIMITS))
+            .map(|body| body.bytes)
     }
 
     #[test]
@@ -477,7 +523,7 @@ mod tests {
     }
 
     fn read_from(mut stream: Pieces) -> Result<Vec<u8>, AttemptError> {
-        futures_lite::future::block_on(read_body(&mut stream, LIMITS))
+        futures_lite::future::block_on(read_response(&mut stream, LIMITS)).map(|body| body.bytes)
     }
 
     /// Encodes `body` as chunks of the given sizes, with one extension and one trailer.
@@ -579,6 +625,42 @@ mod tests {
                     prop_assert!(body.len() <= LIMITS.max_body);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn reuse_needs_http11_framing_and_no_close() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n{}",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: Upgrade, CLOSE\r\nContent-Length: 2\r\n\r\n{}",
+                false,
+            ),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", false),
+            (b"HTTP/1.1 200 OK\r\n\r\n{}", false),
+        ];
+        for (input, reusable) in cases {
+            let body =
+                futures_lite::future::block_on(read_response(&mut &input[..], LIMITS)).unwrap();
+            assert_eq!(body.bytes, b"{}");
+            assert_eq!(
+                body.reusable,
+                *reusable,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 }

@@ -163,6 +163,13 @@ pub struct TlsStream<S> {
     inner: native_tls::TlsStream<Bridge<S>>,
 }
 
+impl<S> TlsStream<S> {
+    /// Returns the transport under the TLS session.
+    pub fn get_ref(&self) -> &S {
+        &self.inner.get_ref().stream
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// Runs one `native-tls` call with the current task's waker, mapping `WouldBlock` to `Pending`.
     fn poll_tls<T>(

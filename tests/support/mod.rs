@@ -342,6 +342,10 @@ pub enum Step {
     /// Writes these bytes one at a time, `interval` apart, then keeps the
     /// connection open until the client closes it.
     Trickle { interval: Duration, bytes: Vec<u8> },
+    /// Runs these steps in turn on one connection, the n-th for the n-th
+    /// request on it, then waits for the client to close. A step that ends
+    /// the connection (`RespondAndClose`, `Reset`) ends the list.
+    KeepAlive(Vec<Step>),
 }
 
 impl Step {
@@ -380,8 +384,12 @@ pub fn response(status: u16, body: &str) -> Vec<u8> {
 #[derive(Clone, Debug)]
 pub struct Connection {
     pub accepted_at: Instant,
-    /// The request head, as received.
+    /// The first request head, as received.
     pub request: String,
+    /// How many request heads arrived on this connection.
+    pub requests: usize,
+    /// How many bytes arrived after the last scripted step.
+    pub bytes_after_script: usize,
     /// When the client closed the connection, if it has.
     pub closed_at: Option<Instant>,
 }
@@ -505,6 +513,8 @@ fn serve(
                 log.lock().unwrap().push(Connection {
                     accepted_at,
                     request: String::new(),
+                    requests: 0,
+                    bytes_after_script: 0,
                     closed_at: Some(Instant::now()),
                 });
                 return;
@@ -519,48 +529,66 @@ fn serve(
         log.push(Connection {
             accepted_at,
             request,
+            requests: 1,
+            bytes_after_script: 0,
             closed_at: None,
         });
         log.len() - 1
     };
 
-    match step {
-        Step::Respond { delay, bytes } => {
-            thread::sleep(delay);
-            let _ = stream.write_all(&bytes);
-            let _ = stream.flush();
-        }
-        Step::RespondAndClose { delay, bytes } => {
-            thread::sleep(delay);
-            let _ = stream.write_all(&bytes);
-            let _ = stream.flush();
-            let _ = raw.shutdown(std::net::Shutdown::Write);
-        }
-        Step::Hang => {}
-        Step::Trickle { interval, bytes } => {
-            for byte in bytes {
-                thread::sleep(interval);
-                if stream.write_all(&[byte]).is_err() || stream.flush().is_err() {
-                    break;
-                }
+    let steps = match step {
+        Step::KeepAlive(steps) => steps,
+        step => vec![step],
+    };
+    for (position, step) in steps.into_iter().enumerate() {
+        if position > 0 {
+            if read_head(&mut stream).is_empty() {
+                break;
             }
+            log.lock().unwrap()[index].requests += 1;
         }
-        Step::Reset { delay } => {
-            thread::sleep(delay);
-            let _ = rustix::net::sockopt::set_socket_linger(&raw, Some(Duration::ZERO));
-            drop(stream);
-            drop(raw);
-            log.lock().unwrap()[index].closed_at = Some(Instant::now());
-            return;
+        match step {
+            Step::Respond { delay, bytes } => {
+                thread::sleep(delay);
+                let _ = stream.write_all(&bytes);
+                let _ = stream.flush();
+            }
+            Step::RespondAndClose { delay, bytes } => {
+                thread::sleep(delay);
+                let _ = stream.write_all(&bytes);
+                let _ = stream.flush();
+                let _ = raw.shutdown(std::net::Shutdown::Write);
+                break;
+            }
+            Step::Hang => break,
+            Step::Trickle { interval, bytes } => {
+                for byte in bytes {
+                    thread::sleep(interval);
+                    if stream.write_all(&[byte]).is_err() || stream.flush().is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
+            Step::Reset { delay } => {
+                thread::sleep(delay);
+                let _ = rustix::net::sockopt::set_socket_linger(&raw, Some(Duration::ZERO));
+                drop(stream);
+                drop(raw);
+                log.lock().unwrap()[index].closed_at = Some(Instant::now());
+                return;
+            }
+            Step::KeepAlive(_) => panic!("KeepAlive steps do not nest"),
         }
     }
 
-    // Wait for the client to close its side, and note when.
+    // Wait for the client to close its side, and note when. Anything sent
+    // after the script, further requests included, is read and ignored.
     let mut scratch = [0u8; 1024];
     loop {
         match stream.read(&mut scratch) {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(read) => log.lock().unwrap()[index].bytes_after_script += read,
         }
     }
     log.lock().unwrap()[index].closed_at = Some(Instant::now());

@@ -1,0 +1,208 @@
+//! Idle keep-alive connections to one upstream, kept for later attempts.
+//!
+//! An attempt takes the most recently returned connection, so a burst reuses
+//! a few warm connections and the rest age out. A connection goes back only
+//! when its response allowed reuse and was read exactly to its end. Before a
+//! connection is handed out again, a read that must find nothing checks that
+//! the upstream has neither closed it nor sent stray bytes.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use async_net::TcpStream;
+use futures_lite::{AsyncReadExt, future};
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+
+use super::stream::MaybeTls;
+
+/// A connection to the upstream, plain or TLS.
+pub type Connection = MaybeTls<TcpStream>;
+
+/// Settings of the connection pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The maximum number of idle connections kept; 0 turns reuse off.
+    pub max_idle: usize,
+    /// How long a connection may stay idle before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl PoolConfig {
+    /// The default bound on idle connections. It lets 128 concurrent calls
+    /// at fan-out 2 reuse every connection, and an idle connection costs one
+    /// descriptor and a few KiB of kernel buffers.
+    pub const DEFAULT_MAX_IDLE: usize = 256;
+
+    /// The default idle timeout, in milliseconds. It is shorter than the 5 s
+    /// keep-alive timeout that Node.js (`server.keepAliveTimeout`) and Apache
+    /// httpd (`KeepAliveTimeout`) default to, so fanout usually closes an idle
+    /// connection before the upstream does. That makes it rare to write a
+    /// request to a socket that the upstream is closing.
+    pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 4_000;
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        PoolConfig {
+            max_idle: PoolConfig::DEFAULT_MAX_IDLE,
+            idle_timeout: Duration::from_millis(PoolConfig::DEFAULT_IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Idle connections to one upstream.
+pub struct Pool {
+    config: PoolConfig,
+    /// Idle connections, the oldest at the front. Never longer than `max_idle`.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+struct Idle {
+    connection: Connection,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig) -> Pool {
+        Pool {
+            config,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Tells whether connections are kept at all.
+    pub fn is_enabled(&self) -> bool {
+        self.config.max_idle > 0
+    }
+
+    /// Takes the most recently returned connection that is still usable, if any.
+    ///
+    /// Connections found closed, sending stray bytes or past the idle timeout
+    /// are closed on the way.
+    pub async fn take(&self) -> Option<Connection> {
+        loop {
+            let now = Instant::now();
+            let (candidate, expired) = {
+                let mut idle = self.lock();
+                let expired = self.split_expired(&mut idle, now);
+                (idle.pop_back(), expired)
+            };
+            // Closing sockets is a system call each, so it happens outside the lock.
+            drop(expired);
+
+            let mut connection = candidate?.connection;
+            if is_idle(&mut connection).await {
+                return Some(connection);
+            }
+        }
+    }
+
+    /// Keeps `connection` for reuse, closing the oldest idle one when the pool is full.
+    ///
+    /// The caller returns only connections whose last response was read
+    /// exactly to its end and allowed the connection to stay open.
+    pub fn put(&self, connection: Connection) {
+        if !self.is_enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let (expired, evicted) = {
+            let mut idle = self.lock();
+            let expired = self.split_expired(&mut idle, now);
+            let evicted = if idle.len() >= self.config.max_idle {
+                idle.pop_front()
+            } else {
+                None
+            };
+            idle.push_back(Idle {
+                connection,
+                since: now,
+            });
+            (expired, evicted)
+        };
+        drop(expired);
+        drop(evicted);
+    }
+
+    /// Closes every idle connection past the idle timeout.
+    pub fn close_expired(&self) {
+        let expired = {
+            let mut idle = self.lock();
+            self.split_expired(&mut idle, Instant::now())
+        };
+        drop(expired);
+    }
+
+    /// Removes the connections idle for longer than the timeout and returns them.
+    fn split_expired(&self, idle: &mut VecDeque<Idle>, now: Instant) -> Vec<Idle> {
+        let fresh = idle
+            .iter()
+            .position(|entry| now.duration_since(entry.since) < self.config.idle_timeout)
+            .unwrap_or(idle.len());
+        idle.drain(..fresh).collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        // The queue is valid after any panic, because every change to it is
+        // a single push or pop.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Closes expired idle connections of `pool` every quarter of its idle
+/// timeout, until the pool is dropped.
+///
+/// Without it, a pool without traffic would keep its connections, and their
+/// descriptors, until the next attempt.
+pub async fn close_expired_forever(pool: Weak<Pool>) {
+    let Some(period) = pool.upgrade().map(|pool| pool.config.idle_timeout / 4) else {
+        return;
+    };
+    // A zero timeout expires every connection at once, and each access
+    // already clears them, so there is nothing for a timer to do.
+    if period.is_zero() {
+        return;
+    }
+    loop {
+        Timer::after(period).await;
+        match pool.upgrade() {
+            Some(pool) => pool.close_expired(),
+            None => return,
+        }
+    }
+}
+
+/// Tells whether an idle connection is still open and silent.
+///
+/// A read that completes at once means the upstream closed the connection
+/// (end of stream), reset it (an error) or sent bytes that belong to no
+/// request. In every case the connection is unusable. Only a read that would
+/// block leaves it fit for a new request.
+async fn is_idle(connection: &mut Connection) -> bool {
+    // A non-blocking peek at the socket is one system call and leaves its
+    // registration with the reactor untouched.
+    let tcp = match connection {
+        MaybeTls::Plain(tcp) => tcp,
+        MaybeTls::Tls(tls) => tls.get_ref(),
+    };
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+    match rustix::net::recv(tcp, &mut [0u8; 1], flags) {
+        Err(error) => error == Errno::WOULDBLOCK,
+        Ok((_, 0)) => false,
+        Ok(_) => match connection {
+            MaybeTls::Plain(_) => false,
+            // Bytes on a TLS connection may be records without application
+            // data, such as TLS 1.3 session tickets. A read through TLS
+            // consumes those and still finds the connection silent.
+            MaybeTls::Tls(_) => {
+                let mut byte = [0u8; 1];
+                future::poll_once(connection.read(&mut byte))
+                    .await
+                    .is_none()
+            }
+        },
+    }
+}
