@@ -33,7 +33,10 @@ impl Simulator {
         let addr = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|line| support::field(&line, "addr").and_then(|a| a.parse().ok()))
+            .find_map(|line| {
+                let line: serde_json::Value = serde_json::from_str(&line).ok()?;
+                line["addr"].as_str()?.parse().ok()
+            })
             .expect("the simulator logs its address");
         // Draining stderr keeps the simulator from blocking on a full pipe.
         thread::spawn(move || lines.for_each(drop));
