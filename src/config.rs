@@ -18,10 +18,10 @@ use crate::server::{
 use crate::simulator::SimulatorConfig;
 use crate::upstream::{PoolConfig, UpstreamUrl};
 
-/// The upstream fanout calls unless told otherwise.
+/// The default upstream URL.
 pub const DEFAULT_UPSTREAM: &str = "https://exponea-engineering-assignment.appspot.com/api/work";
 
-/// The most upstream requests per call. Each costs a socket and a
+/// The maximum number of upstream requests per call. Each costs a socket and a
 /// descriptor for the length of the request, so a larger fan-out would let
 /// one caller hold a disproportionate share of the process's descriptors.
 const MAX_FANOUT: u64 = 32;
@@ -30,7 +30,7 @@ const MAX_FANOUT: u64 = 32;
 /// every deadline far from overflowing `Instant` arithmetic.
 const MAX_MAX_TIMEOUT_MS: u64 = 86_400_000;
 
-/// The most executor threads accepted.
+/// The maximum number of executor threads.
 const MAX_THREADS: u64 = 1024;
 
 /// The longest `--summary-interval` accepted: one day, in seconds.
@@ -96,7 +96,7 @@ const MIN_HEAD_SIZE: u64 = 1024;
 /// and a `timeout` parameter.
 const MIN_TARGET_LENGTH: u64 = 64;
 
-/// What the command line asks for.
+/// The command selected by the command line.
 #[derive(Debug)]
 pub enum Command {
     /// Boxed, since a configuration is far larger than the other variants.
@@ -367,14 +367,14 @@ const SIMULATE_OPTIONS: &[Spec] = &[
         flag: "--min-latency",
         env: "FANOUT_SIMULATE_MIN_LATENCY",
         value: Some("MS"),
-        help: "shortest delay before answering, in milliseconds",
+        help: "minimum delay before each response, in milliseconds",
         default: "100",
     },
     Spec {
         flag: "--max-latency",
         env: "FANOUT_SIMULATE_MAX_LATENCY",
         value: Some("MS"),
-        help: "longest delay before answering, in milliseconds",
+        help: "maximum delay before each response, in milliseconds",
         default: "600",
     },
     Spec {
@@ -412,7 +412,7 @@ const HEALTHCHECK_OPTIONS: &[Spec] = &[
     },
 ];
 
-/// Where an option's value came from, for error messages.
+/// The source of an option's value, for error messages.
 #[derive(Clone, Copy)]
 enum Origin {
     Flag,

@@ -17,12 +17,12 @@ use crate::observe::{self, SpanId};
 use crate::server::{Handler, Request, Response, Shutdown};
 use crate::upstream::Client;
 
-/// The routes and everything the endpoints need to answer.
+/// The routes and the state the endpoints need to respond.
 pub struct Api {
     client: Client,
     fanout: usize,
     max_timeout_ms: u64,
-    /// Once it drains, `/readyz` answers 503.
+    /// The drain signal: once it drains, `/readyz` returns 503.
     shutdown: Shutdown,
     /// Runs the losing attempts of `/api/first` to their end, when set;
     /// otherwise they are dropped.
@@ -41,7 +41,7 @@ impl Api {
         }
     }
 
-    /// Makes `/readyz` answer 503 once `shutdown` begins draining.
+    /// Makes `/readyz` return 503 once `shutdown` begins draining.
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Api {
         self.shutdown = shutdown;
         self

@@ -54,7 +54,7 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// What a connection task holds while it runs.
+/// The resources a connection task keeps while it runs.
 struct Slot {
     /// Its place under the connection cap.
     _permit: SemaphoreGuardArc,

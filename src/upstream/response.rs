@@ -23,10 +23,10 @@ use super::error::AttemptError;
 /// upstream sends a few hundred; anything past this is not a sane response.
 pub const MAX_HEAD: usize = 16 * 1024;
 
-/// The most header fields parsed in a response head.
+/// The maximum number of header fields parsed in a response head.
 const MAX_HEADERS: usize = 64;
 
-/// The most bytes of a redirect's `Location` kept for the error message.
+/// The maximum number of bytes of a redirect's `Location` kept for the error message.
 const MAX_LOCATION: usize = 256;
 
 /// The size of each read from the upstream socket. A response from the
@@ -42,7 +42,7 @@ pub struct Limits {
     pub max_body: usize,
 }
 
-/// How the end of the body is found.
+/// The rule that finds the end of the body.
 #[derive(Debug, PartialEq, Eq)]
 enum Framing {
     Length(u64),
