@@ -25,7 +25,7 @@ pub enum Policy {
     First,
 }
 
-/// What happens to the attempts still running once `/api/first` has its result.
+/// The treatment of attempts still running once `/api/first` has its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Losers {
     /// Drop them at once, which closes their connections.

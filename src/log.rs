@@ -103,7 +103,7 @@ fn format() -> Format {
     }
 }
 
-/// What the access log records of one upstream attempt.
+/// The access-log record of one upstream attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRecord {
     /// Outcome kind: `ok`, `timeout`, `cancelled` or a failure kind such as `http_status`.
@@ -113,11 +113,11 @@ pub struct AttemptRecord {
     pub elapsed: Duration,
     /// The span id sent upstream in this attempt's `traceparent`.
     pub span_id: SpanId,
-    /// Why the attempt failed, when it did.
+    /// The failure reason, when the attempt failed.
     pub error: Option<String>,
 }
 
-/// What the access log records of one request.
+/// The access-log record of one request.
 pub struct AccessRecord<'a> {
     /// `None` when the request head did not parse.
     pub request: Option<RequestIds<'a>>,

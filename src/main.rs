@@ -167,7 +167,7 @@ fn serve(config: Config) -> ExitCode {
 
 /// Builds the server's limits, deriving the caps not given from the descriptor limit.
 fn limits(config: &Config, descriptors: Option<u64>) -> Limits {
-    // The in-process simulator holds the other end of each upstream socket.
+    // The in-process simulator owns the other end of each upstream socket.
     let per_attempt = if config.simulate.is_some() { 2 } else { 1 };
     let per_request = config.fanout as u64 * per_attempt;
     let (connections, in_flight) = server::default_caps(descriptors, per_request);

@@ -276,7 +276,7 @@ fn write_timeout_closes_stalled_client() {
     let payload = format!(r#"{{"time": 1, "pad": "{}"}}"#, "a".repeat(60_000));
     let steps = (0..RESPONSES * 32).map(|_| Step::ok(0, &payload)).collect();
     let upstream = FakeUpstream::start(steps);
-    // Each scripted connection answers one request, so none is reused.
+    // Each scripted connection serves one request, so none is reused.
     let gateway = Gateway::start(&[
         "--upstream",
         &upstream.url(),

@@ -289,7 +289,7 @@ fn scrape(gateway: &Gateway) -> Scrape {
         .expect("valid exposition text")
 }
 
-/// The value of the series `metric` with `labels`: a counter, a gauge, an
+/// Returns the value of the series `metric` with `labels`: a counter, a gauge, an
 /// untyped sample, or a histogram's total count. Absent series count as 0.
 fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let sample = scrape.samples.iter().find(|sample| {

@@ -61,7 +61,7 @@ fn readiness_is_503_while_draining() {
     let mut gateway = Gateway::start(&["--upstream", &upstream.url()]);
     assert_eq!(gateway.get("/readyz").status, 200);
 
-    // A request whose head is half-sent when the signal arrives is still answered.
+    // A request whose head is half-sent when the signal arrives still gets a response.
     let mut stream = gateway.connect();
     stream.write_all(b"GET /readyz HTTP/1.1\r\n").unwrap();
     thread::sleep(Duration::from_millis(100));

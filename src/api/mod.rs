@@ -125,7 +125,7 @@ impl Handler for Api {
                 503,
                 "draining: fanout is shutting down and takes no new connections",
             ),
-            // The process answers, so it is alive, and not draining, so ready.
+            // The process responds, so it is alive, and it is not draining, so it is ready.
             Route::Live | Route::Ready => Response::json(200, b"{\"status\":\"ok\"}".to_vec()),
             Route::Metrics => observe::metrics_response(),
             Route::DebugUpstream => observe::upstream_response(),
@@ -156,7 +156,7 @@ enum Route {
 
 /// Maps a fan-out report to the endpoint's response.
 ///
-/// `spans` holds each attempt's span id, in the same order as the attempts.
+/// `spans` contains each attempt's span id, in the same order as the attempts.
 fn respond(policy: Policy, timeout: Duration, report: Report, spans: &[SpanId]) -> Response {
     let attempts: Vec<AttemptRecord> = report
         .attempts

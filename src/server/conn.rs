@@ -1,4 +1,4 @@
-//! One client connection: read a request, answer it, and repeat while the
+//! One client connection: read a request, respond to it, and repeat while the
 //! connection is kept alive, each step bounded by the server's timeouts.
 
 use std::panic::AssertUnwindSafe;
@@ -174,7 +174,7 @@ async fn respond_to<H: Handler>(
     }
 }
 
-/// Answers `request`, unless the in-flight cap is reached, while reading ahead on the connection.
+/// Handles `request`, unless the in-flight cap is reached, while reading ahead on the connection.
 ///
 /// Returns `None` when the client closed the connection first; the
 /// handler's future is dropped then, which cancels its upstream requests.

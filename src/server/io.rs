@@ -16,7 +16,7 @@ use futures_lite::{AsyncReadExt, FutureExt, future};
 /// the response arrive intact.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// The most bytes drained while lingering, so a client cannot hold the task with a stream of data.
+/// The maximum number of bytes drained while lingering, so a client cannot hold the task with a stream of data.
 const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 /// The size of each read from a client socket. A request head from an API

@@ -38,12 +38,12 @@ pub const MAX_DERIVED_CAP: u64 = 1_000_000;
 /// Linux default of `fs.nr_open`, above which `setrlimit` fails.
 const UNLIMITED_TARGET: u64 = 1 << 20;
 
-/// What the server allows at once and how long it waits for each client.
+/// Caps on concurrent work, and the time the server waits for each client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Client connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// Requests counted against the cap being answered at once; more get 503.
+    /// Requests counted against the cap that may be in progress at once; more get 503.
     pub max_in_flight: usize,
     /// For a new connection's first request head (and body) from accept,
     /// and for a later request's from its first byte.
@@ -94,7 +94,7 @@ pub fn default_caps(descriptors: Option<u64>, descriptors_per_request: u64) -> (
     (connections as usize, in_flight as usize)
 }
 
-/// Whether caps of `connections` and `in_flight` fit within `descriptors`, by the budget of [`default_caps`].
+/// Returns whether caps of `connections` and `in_flight` fit within `descriptors`, by the budget of [`default_caps`].
 pub fn caps_fit(
     descriptors: Option<u64>,
     descriptors_per_request: u64,

@@ -2,7 +2,7 @@
 //! and hands each parsed request to a [`Handler`], within the caps and
 //! timeouts of [`Limits`], until a [`Shutdown`] drains it.
 //!
-//! The server knows nothing of the endpoints; the router it is handed decides
+//! The server has no knowledge of the endpoints; the router it is handed decides
 //! every response.
 
 mod accept;
@@ -39,7 +39,7 @@ pub use self::shutdown::Shutdown;
 
 /// Turns a request into a response.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers `request`, whose head was fully read at `received_at`.
+    /// Handles `request`, whose head was fully read at `received_at`, and returns the response.
     fn handle(
         &self,
         request: &Request,
@@ -48,7 +48,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Whether `request` counts against the in-flight cap. Requests that
     /// cost next to nothing, such as health checks, can stay out of it so
-    /// they answer under overload.
+    /// they respond under overload.
     fn counts_in_flight(&self, _request: &Request) -> bool {
         true
     }
@@ -127,7 +127,7 @@ pub async fn serve<H: Handler>(
     // Failures of a burst that the drain cut short are still reported.
     backoff.report(Instant::now());
     // Closing the listener refuses new connections at once, rather than
-    // leaving them in a backlog that nobody will accept from.
+    // leaving them in a backlog that no task will accept from.
     drop(listener);
     drop(open);
     // Every receive fails once the last connection has dropped its sender.

@@ -79,14 +79,14 @@ pub struct Request {
 }
 
 impl Request {
-    /// The path part of the target, without the query.
+    /// Returns the path part of the target, without the query.
     pub fn path(&self) -> &str {
         self.target
             .split_once('?')
             .map_or(&self.target, |(path, _)| path)
     }
 
-    /// The query part of the target, without the `?`; empty when there is none.
+    /// Returns the query part of the target, without the `?`; empty when there is none.
     pub fn query(&self) -> &str {
         self.target.split_once('?').map_or("", |(_, query)| query)
     }
@@ -235,7 +235,7 @@ pub fn parse(buffer: &[u8], limits: &HeadLimits) -> Result<Option<(Request, usiz
         traceparent = None;
     }
 
-    // HTTP/1.1 keeps the connection open unless told otherwise; HTTP/1.0
+    // HTTP/1.1 keeps the connection open unless a side sends `Connection: close`; HTTP/1.0
     // closes it unless the client asks to keep it.
     let keep_alive = !connection_close && (minor_version >= 1 || connection_keep_alive);
     let request = Request {

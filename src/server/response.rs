@@ -1,4 +1,4 @@
-//! Responses: a status, a body (JSON unless said otherwise), and their encoding into one buffer.
+//! Responses: a status, a body (JSON unless another content type is set), and their encoding into one buffer.
 
 use std::io::Write;
 
@@ -90,7 +90,7 @@ impl Response {
     }
 }
 
-/// The reason phrase for the statuses fanout sends.
+/// Returns the reason phrase for the statuses fanout sends.
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",

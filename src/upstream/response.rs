@@ -6,7 +6,7 @@
 //! | response | outcome |
 //! |---|---|
 //! | 100, 102, 103 or another 1xx without framing headers | skipped; the final response follows, and every head counts against the head limit |
-//! | 1xx with Content-Length or Transfer-Encoding, or 101 | `malformed_response`: interim responses have no body, and fanout never asks to switch protocols |
+//! | 1xx with Content-Length or Transfer-Encoding, or 101 | `malformed_response`: interim responses have no body, and fanout never requests a protocol switch |
 //! | 204 with Transfer-Encoding or a non-zero Content-Length, 204 or 304 with bytes after the head | `malformed_response`: these statuses have no body |
 //! | other 204 and 304, any other non-200 | `redirect` for 3xx but 304, else `http_status`, without reading the body |
 //! | 200 with Transfer-Encoding in HTTP/1.0, or with both Transfer-Encoding and Content-Length | `malformed_response` (RFC 9112, 6.1 and 6.3) |
@@ -87,7 +87,7 @@ where
     })
 }
 
-/// What a complete head means for the exchange.
+/// The kind of a complete response head.
 enum Head {
     /// A 1xx response of this many bytes: the final response follows it.
     Interim(usize),
@@ -198,7 +198,7 @@ fn framing(response: &httparse::Response<'_, '_>) -> Result<Framing, AttemptErro
     let status = response.code.unwrap_or(0);
     match status {
         200 => {}
-        // A 304 answers a conditional request, which fanout never makes;
+        // A 304 responds to a conditional request, which fanout never makes;
         // there is nowhere it points to.
         300..=399 if status != 304 => {
             // The location only goes into messages, so a long one is cut short.
@@ -543,7 +543,7 @@ mod tests {
         out
     }
 
-    /// A whole response carrying `body` with the framing numbered `framing`.
+    /// Builds a whole response carrying `body` with the framing numbered `framing`.
     fn framed(body: &[u8], framing: u8, sizes: &[usize], interim: bool) -> Vec<u8> {
         let mut out = Vec::new();
         if interim {
