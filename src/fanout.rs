@@ -1,10 +1,10 @@
 //! Racing N upstream attempts under one deadline, with the `all` and `first` policies.
 //!
-//! Every attempt is a future owned by the race. When the deadline passes,
-//! the race drops the futures still running, which closes their sockets
-//! there and then. When the policy decides first, the attempts still running
-//! go to the caller's `cancelled` function, which may drop them the same way
-//! or let them finish elsewhere. The race itself spawns nothing.
+//! Every attempt is a future owned by the race. When the deadline passes or
+//! the policy decides, the attempts still running go to the caller, which
+//! may drop them there and then (closing their sockets), drop them after it
+//! has answered, or let them finish elsewhere. The race itself spawns
+//! nothing.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -102,17 +102,20 @@ pub async fn run<F>(attempts: Vec<F>, policy: Policy, deadline: Instant) -> Repo
 where
     F: Future<Output = Result<Payload, AttemptError>>,
 {
-    run_with(attempts, policy, deadline, drop).await
+    run_with(attempts, policy, deadline, |attempt, _| drop(attempt)).await
 }
 
-/// Runs the race like [`run`], but hands each attempt still running when the
-/// policy decides before the deadline to `cancelled` instead of dropping it.
-/// Attempts still running at the deadline are dropped.
+/// Runs the race like [`run`], but hands each attempt still running when it
+/// ends to `leftover`, with its outcome ([`Outcome::TimedOut`] or
+/// [`Outcome::Cancelled`]), instead of dropping it.
+///
+/// `leftover` decides when the attempt is dropped, and so when its
+/// connection closes: a caller can answer first and close afterwards.
 pub async fn run_with<F>(
     attempts: Vec<F>,
     policy: Policy,
     deadline: Instant,
-    mut cancelled: impl FnMut(Pin<Box<F>>),
+    mut leftover: impl FnMut(Pin<Box<F>>, &Outcome),
 ) -> Report
 where
     F: Future<Output = Result<Payload, AttemptError>>,
@@ -154,20 +157,17 @@ where
     // the same wakeup as the deadline still counts.
     let result = future::or(decided, expired).await;
 
-    // Dropping the futures that are still running closes their sockets now,
-    // not when the upstream gets round to answering.
     let timed_out = result == Err(Failure::DeadlineExpired);
     let elapsed = started.elapsed();
     let mut attempts = Vec::with_capacity(finished.len());
     for (slot, attempt) in running.iter_mut().zip(finished) {
         let dropped = slot.take().map(|future| {
             let outcome = if timed_out {
-                drop(future);
                 Outcome::TimedOut
             } else {
-                cancelled(future);
                 Outcome::Cancelled
             };
+            leftover(future, &outcome);
             Attempt { outcome, elapsed }
         });
         attempts.push(
@@ -284,22 +284,29 @@ mod tests {
     fn cancelled_attempts_go_to_the_caller() {
         let mut handed_over = Vec::new();
         let attempts = vec![after(1, Ok("a")), after(10_000, Ok("b"))];
-        let report = block_on(run_with(attempts, Policy::First, deadline(5_000), |f| {
-            handed_over.push(f)
-        }));
+        let report = block_on(run_with(
+            attempts,
+            Policy::First,
+            deadline(5_000),
+            |f, outcome| handed_over.push((f, outcome.kind())),
+        ));
         assert_eq!(kinds(&report), ["ok", "cancelled"]);
         assert_eq!(handed_over.len(), 1);
+        assert_eq!(handed_over[0].1, "cancelled");
     }
 
     #[test]
-    fn timed_out_attempts_are_dropped() {
-        let mut handed_over = 0;
+    fn timed_out_attempts_go_to_the_caller() {
+        let mut handed_over = Vec::new();
         let attempts = vec![after(1, Ok("a")), after(10_000, Ok("b"))];
-        let report = block_on(run_with(attempts, Policy::All, deadline(20), |_| {
-            handed_over += 1
-        }));
+        let report = block_on(run_with(
+            attempts,
+            Policy::All,
+            deadline(20),
+            |_, outcome| handed_over.push(outcome.kind()),
+        ));
         assert_eq!(kinds(&report), ["ok", "timeout"]);
-        assert_eq!(handed_over, 0);
+        assert_eq!(handed_over, ["timeout"]);
     }
 
     #[test]

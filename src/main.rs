@@ -152,13 +152,18 @@ fn serve(config: Config) -> ExitCode {
             .detach();
         executor.spawn(client.close_idle_connections()).detach();
         let shutdown = Shutdown::new();
-        let mut api =
-            Api::new(client, config.fanout, config.max_timeout_ms).with_shutdown(shutdown.clone());
+        let mut api = Api::new(
+            client,
+            config.fanout,
+            config.max_timeout_ms,
+            executor.clone(),
+        )
+        .with_shutdown(shutdown.clone());
         if config.losers == Losers::Finish {
             // A loser is finished only so that its connection can be pooled,
             // so more of them than the pool keeps would hold descriptors for
             // nothing.
-            api = api.finish_losers(executor.clone(), config.pool.max_idle);
+            api = api.finish_losers(config.pool.max_idle);
         }
         let serving = server::serve(listener, Arc::new(api), executor, limits, shutdown.clone());
         run_until_signal(serving, Some(shutdown)).await

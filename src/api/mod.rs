@@ -24,19 +24,28 @@ pub struct Api {
     max_timeout_ms: u64,
     /// The drain signal: once it drains, `/readyz` returns 503.
     shutdown: Shutdown,
+    /// Runs the tasks that close the connections of attempts left running.
+    executor: Arc<Executor<'static>>,
     /// Runs the losing attempts of `/api/first` to their end, when set;
     /// otherwise they are dropped.
     losers: Option<Losers>,
 }
 
 impl Api {
-    /// Creates the API with `fanout` upstream requests per call and timeouts up to `max_timeout_ms`.
-    pub fn new(client: Client, fanout: usize, max_timeout_ms: u64) -> Api {
+    /// Creates the API with `fanout` upstream requests per call and timeouts
+    /// up to `max_timeout_ms`, spawning its background work on `executor`.
+    pub fn new(
+        client: Client,
+        fanout: usize,
+        max_timeout_ms: u64,
+        executor: Arc<Executor<'static>>,
+    ) -> Api {
         Api {
             client,
             fanout,
             max_timeout_ms,
             shutdown: Shutdown::new(),
+            executor,
             losers: None,
         }
     }
@@ -47,13 +56,27 @@ impl Api {
         self
     }
 
-    /// Lets attempts that lose the race run on `executor` until the request's
-    /// deadline, instead of dropping them, so their connections can return
-    /// to the pool. At most `max_running` run at once, and any beyond are
-    /// dropped.
-    pub fn finish_losers(mut self, executor: Arc<Executor<'static>>, max_running: usize) -> Api {
-        self.losers = Some(Losers::new(executor, max_running));
+    /// Lets attempts that lose the race run in the background until the
+    /// request's deadline, instead of dropping them, so their connections
+    /// can return to the pool. At most `max_running` run at once, and any
+    /// beyond are dropped.
+    pub fn finish_losers(mut self, max_running: usize) -> Api {
+        self.losers = Some(Losers::new(self.executor.clone(), max_running));
         self
+    }
+
+    /// Drops `attempt` in a task of its own, after the caller has answered.
+    ///
+    /// Dropping an attempt closes its socket, a system call that also runs
+    /// the TCP teardown on loopback. When many deadlines expire together,
+    /// closing inline would make each response wait for the closes of the
+    /// responses before it; a spawned task runs after the tasks already
+    /// queued, so the answers go out first.
+    fn close_later<F>(&self, attempt: F)
+    where
+        F: Send + 'static,
+    {
+        self.executor.spawn(async move { drop(attempt) }).detach();
     }
 
     async fn endpoint(&self, policy: Policy, request: &Request, received_at: Instant) -> Response {
@@ -80,11 +103,10 @@ impl Api {
                 async move { client.fetch(&headers).await }
             })
             .collect();
-        // A loser not handed to `losers` is dropped when the closure
-        // returns, which closes its connection.
-        let report = fanout::run_with(attempts, policy, deadline, |attempt| {
-            if let Some(losers) = &self.losers {
-                losers.finish(attempt, deadline);
+        let report = fanout::run_with(attempts, policy, deadline, |attempt, outcome| {
+            match (outcome, &self.losers) {
+                (Outcome::Cancelled, Some(losers)) => losers.finish(attempt, deadline),
+                _ => self.close_later(attempt),
             }
         })
         .await;
