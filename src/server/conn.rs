@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use async_net::TcpStream;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncWriteExt, FutureExt};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
-use super::io::{READ_CHUNK, TimedOut, linger, read_ahead, read_more, reset_on_close, within};
+use super::io::{
+    READ_CHUNK, TimedOut, linger, read_ahead, read_more, reset_on_close, skip, within,
+};
 use super::limits::Limits;
 use super::request::{self, HeadLimits, ParseError, Request};
 use super::shutdown::Shutdown;
@@ -67,7 +69,7 @@ async fn run<H: Handler>(mut stream: TcpStream, handler: Arc<H>, shared: &Shared
     // Responses are written whole, so Nagle's delay would only add latency.
     let _ = stream.set_nodelay(true);
     let limits = &shared.limits;
-    let mut buffer = Vec::with_capacity(READ_CHUNK);
+    let mut buffer = Vec::new();
     let mut out = Vec::new();
     // A client that opens a connection has a request to send, so its first
     // head gets the header timeout from accept, not the idle one.
@@ -338,10 +340,8 @@ async fn discard_body(
         if request.expect_continue && stream.write_all(CONTINUE).await.is_err() {
             return Err(BodyError::Closed);
         }
-        let mut scratch = [0u8; 1024];
         while remaining > 0 {
-            let limit = remaining.min(scratch.len());
-            match stream.read(&mut scratch[..limit]).await {
+            match skip(stream, remaining).await {
                 Ok(0) | Err(_) => return Err(BodyError::Closed),
                 Ok(read) => remaining -= read,
             }

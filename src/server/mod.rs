@@ -115,10 +115,14 @@ pub async fn serve<H: Handler>(
             _permit: permit,
             _open: open.clone(),
         };
-        let connection = conn::serve_connection(stream, handler.clone(), shared.clone());
+        let handler = handler.clone();
+        let shared = shared.clone();
+        // The connection's future is created inside the task, not moved in:
+        // an `async` block that awaits a captured future keeps room for it
+        // twice, which doubled each connection's memory.
         executor
             .spawn(async move {
-                connection.await;
+                conn::serve_connection(stream, handler, shared).await;
                 drop(slot);
             })
             .detach();

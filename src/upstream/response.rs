@@ -14,7 +14,10 @@
 //! | 200 chunked | decoded as it arrives; bytes after the last chunk are `malformed_response` |
 //! | 200 with neither, in HTTP/1.0 or 1.1 | the body runs to the connection close, up to the body limit |
 
-use futures_lite::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::Poll;
+
+use futures_lite::{AsyncRead, future};
 
 use super::chunked::ChunkedDecoder;
 use super::error::AttemptError;
@@ -29,11 +32,12 @@ const MAX_HEADERS: usize = 64;
 /// The maximum number of bytes of a redirect's `Location` kept for the error message.
 const MAX_LOCATION: usize = 256;
 
-/// The size of each read from the upstream socket. A response from the
-/// upstream is a few hundred bytes, so one read usually takes all of it.
-/// Every pending attempt keeps such a buffer, so at 10,000 attempts in
-/// flight each KiB here is 10 MB of memory.
-const READ_CHUNK: usize = 1024;
+/// The most bytes one read from the upstream socket takes. A response from
+/// the upstream is a few hundred bytes, so one read usually takes all of
+/// it. The read goes to an array on the stack, and the response's buffer
+/// holds only the bytes that arrived, so a pending attempt holds no buffer
+/// at all while it waits.
+const READ_CHUNK: usize = 4096;
 
 /// Limits that bound the memory one upstream response may use.
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +72,7 @@ pub async fn read_response<R>(stream: &mut R, limits: Limits) -> Result<Body, At
 where
     R: AsyncRead + Unpin,
 {
-    let mut buffer = Vec::with_capacity(READ_CHUNK);
+    let mut buffer = Vec::new();
     let (head_length, framing, persistent) = read_head(stream, &mut buffer, limits).await?;
     buffer.drain(..head_length);
     // Both framed readers fail on bytes past the end of the body, so a body
@@ -360,7 +364,11 @@ where
     }
 }
 
-/// Reads at most `limit` more bytes into the spare end of `buffer`.
+/// Reads at most `limit` more bytes onto the end of `buffer`.
+///
+/// Each poll reads into an array on the stack and appends what arrived, so
+/// a read that waits holds neither that array in the attempt's future nor
+/// spare room in `buffer`.
 async fn read_some<R>(
     stream: &mut R,
     buffer: &mut Vec<u8>,
@@ -369,17 +377,31 @@ async fn read_some<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let start = buffer.len();
-    buffer.resize(start + limit.clamp(1, READ_CHUNK), 0);
-    let result = stream.read(&mut buffer[start..]).await;
-    let read = *result.as_ref().unwrap_or(&0);
-    buffer.truncate(start + read);
-    result.map_err(AttemptError::from_io)
+    let limit = limit.clamp(1, READ_CHUNK);
+    future::poll_fn(|cx| {
+        let mut chunk = [0u8; READ_CHUNK];
+        let poll = Pin::new(&mut *stream).poll_read(cx, &mut chunk[..limit]);
+        if let Poll::Ready(Ok(read)) = poll {
+            buffer.extend_from_slice(&chunk[..read]);
+        }
+        poll
+    })
+    .await
+    .map_err(AttemptError::from_io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_read_holds_no_buffer() {
+        let mut stream: &[u8] = b"";
+        let mut buffer = Vec::new();
+        let read = read_some(&mut stream, &mut buffer, READ_CHUNK);
+        // The read's array lives on the stack during a poll, not in the future.
+        assert!(size_of_val(&read) < 128, "{} bytes", size_of_val(&read));
+    }
 
     const LIMITS: Limits = Limits {
         max_head: MAX_HEAD,
