@@ -34,6 +34,21 @@ fn succeed(gateway: &Gateway, count: usize) {
     }
 }
 
+/// Returns the value of the unlabelled sample, or the sample with exactly
+/// the given labels, of metric `name` in the gateway's `/metrics`.
+fn metric(gateway: &Gateway, sample: &str) -> u64 {
+    let response = gateway.get("/metrics");
+    assert_eq!(response.status, 200, "{}", response.body);
+    let prefix = format!("{sample} ");
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no sample {sample} in {}", response.body))
+        .parse()
+        .unwrap()
+}
+
 /// Returns how many requests each connection carried, in accept order.
 fn requests_per_connection(upstream: &FakeUpstream) -> Vec<usize> {
     let mut connections = upstream.connections();
@@ -49,6 +64,19 @@ fn reuses_connection_across_requests() {
     succeed(&gateway, 3);
 
     assert_eq!(requests_per_connection(&upstream), [3]);
+    assert_eq!(
+        metric(&gateway, "fanout_upstream_connections_opened_total"),
+        1
+    );
+    assert_eq!(
+        metric(&gateway, "fanout_upstream_connection_reuses_total"),
+        2
+    );
+    assert_eq!(
+        metric(&gateway, "fanout_upstream_connection_retries_total"),
+        0
+    );
+    assert_eq!(metric(&gateway, "fanout_upstream_idle_connections"), 1);
     let request = &upstream.connections()[0].request;
     assert!(
         !request.to_ascii_lowercase().contains("connection: close"),
@@ -99,11 +127,22 @@ fn no_reuse_after_unreusable_response() {
     let close_header =
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 11\r\n\r\n{\"time\": 1}";
     let http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 11\r\n\r\n{\"time\": 1}";
+    // A failed status is not read past what came with its head.
+    let partial_500 = b"HTTP/1.1 500 Oops\r\nContent-Length: 20\r\n\r\n{\"err";
+    let close_500 = b"HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}";
     let cases: Vec<(&str, Step, u16)> = vec![
         ("Connection: close", Step::raw(0, close_header), 200),
         ("HTTP/1.0", Step::raw(0, http10), 200),
-        // A failed status is not read past its head.
-        ("status 500", Step::status(0, 500), 500),
+        (
+            "status 500, body still to come",
+            Step::raw(0, partial_500),
+            500,
+        ),
+        (
+            "status 500, Connection: close",
+            Step::raw(0, close_500),
+            500,
+        ),
     ];
     for (name, first, status) in cases {
         // Each connection would serve a second request if the gateway sent one.
@@ -121,6 +160,29 @@ fn no_reuse_after_unreusable_response() {
         let first = upstream.wait_closed(1);
         assert!(first[0].closed_at.is_some(), "{name}: {first:?}");
     }
+}
+
+#[test]
+fn reuses_connection_after_complete_failed_response() {
+    let upstream = FakeUpstream::start(vec![Step::KeepAlive(vec![
+        Step::status(0, 500),
+        Step::status(0, 503),
+        ok(),
+    ])]);
+    let gateway = gateway(&upstream, &[]);
+
+    for status in [500, 503] {
+        let response = gateway.get("/api/first?timeout=3000");
+        assert_eq!(response.status, 500, "upstream {status}: {}", response.body);
+        assert!(
+            response.body.contains(&status.to_string()),
+            "{}",
+            response.body
+        );
+    }
+    succeed(&gateway, 1);
+
+    assert_eq!(requests_per_connection(&upstream), [3]);
 }
 
 #[test]
@@ -144,6 +206,9 @@ fn no_reuse_after_peer_close() {
     // The check before reuse found the end of stream, so the second request
     // was never written to the closed connection.
     assert_eq!(requests_per_connection(&upstream), [1, 1]);
+    let stale = r#"fanout_upstream_idle_connections_closed_total{reason="stale"}"#;
+    assert_eq!(metric(&gateway, stale), 1);
+    assert_eq!(metric(&gateway, "fanout_upstream_connection_retries_total"), 0);
     let first = upstream
         .connections()
         .into_iter()
@@ -200,6 +265,14 @@ fn retries_once_on_stale_connection() {
     succeed(&gateway, 2);
 
     assert_eq!(requests_per_connection(&upstream), [2, 1]);
+    assert_eq!(
+        metric(&gateway, "fanout_upstream_connection_retries_total"),
+        1
+    );
+    assert_eq!(
+        metric(&gateway, "fanout_upstream_connections_opened_total"),
+        2
+    );
 }
 
 #[test]
@@ -252,6 +325,8 @@ fn idle_timeout_closes_connection() {
     );
     succeed(&gateway, 1);
     assert_eq!(requests_per_connection(&upstream), [1, 1]);
+    let expired = r#"fanout_upstream_idle_connections_closed_total{reason="expired"}"#;
+    assert_eq!(metric(&gateway, expired), 1);
 }
 
 #[test]
@@ -292,6 +367,9 @@ fn max_idle_bounds_kept_connections() {
         .filter(|c| c.closed_at.is_none())
         .count();
     assert_eq!(open, 1, "{:?}", upstream.connections());
+    let evicted = r#"fanout_upstream_idle_connections_closed_total{reason="evicted"}"#;
+    assert_eq!(metric(&gateway, evicted), 1);
+    assert_eq!(metric(&gateway, "fanout_upstream_idle_connections"), 1);
 }
 
 #[test]

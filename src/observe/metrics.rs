@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::histogram::Histogram;
 use crate::fanout::Outcome;
-use crate::upstream::AttemptError;
+use crate::upstream::{AttemptError, PoolStats};
 
 /// The `Content-Type` of the exposition format this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -212,6 +212,55 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Writes the upstream connection pool's counters and its idle gauge.
+fn render_pool(out: &mut String, stats: &PoolStats) {
+    let counters = [
+        (
+            "fanout_upstream_connections_opened_total",
+            "New upstream connections established: TCP, and the TLS handshake for https.",
+            stats.opened,
+        ),
+        (
+            "fanout_upstream_connection_reuses_total",
+            "Upstream requests sent on an idle connection taken from the pool.",
+            stats.reused,
+        ),
+        (
+            "fanout_upstream_connection_retries_total",
+            "Upstream requests sent again on a new connection because a reused one failed before any response byte.",
+            stats.retried,
+        ),
+    ];
+    for (name, help, value) in counters {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+
+    let name = "fanout_upstream_idle_connections_closed_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Idle upstream connections closed, by reason: stale (found closed, reset or sending stray bytes when taken), expired (idle timeout), evicted (pool full).",
+    );
+    for (reason, value) in [
+        ("stale", stats.closed_stale),
+        ("expired", stats.closed_expired),
+        ("evicted", stats.closed_evicted),
+    ] {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
+    }
+
+    let name = "fanout_upstream_idle_connections";
+    header(
+        out,
+        name,
+        "gauge",
+        "Idle upstream connections kept for reuse.",
+    );
+    let _ = writeln!(out, "{name} {}", stats.idle);
+}
+
 /// Writes the `# HELP` and `# TYPE` lines of a metric family.
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -268,6 +317,8 @@ pub fn render() -> String {
         "Latency of upstream attempts that completed, timed-out and cancelled ones excluded.",
     );
     ATTEMPT_DURATION.render(&mut out, name, "");
+
+    render_pool(&mut out, &crate::upstream::pool_stats());
 
     let gauges = [
         (

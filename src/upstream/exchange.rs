@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWriteExt};
 
 use super::error::AttemptError;
-use super::pool::{Connection, Pool};
+use super::pool::{self, Connection, Pool, PoolEvent};
 use super::response::{self, Limits};
 
 /// A failed exchange, and whether the failure came before any response byte.
@@ -35,16 +35,18 @@ where
     F: Future<Output = Result<Connection, AttemptError>>,
 {
     if let Some(connection) = pool.take().await {
+        pool::record(PoolEvent::Reused, 1);
         match exchange(pool, connection, request, limits).await {
             // The upstream may close an idle connection at any moment, and a
             // request written just then fails with a reset or an end of
             // stream before any response byte. The request is a GET, which
             // is safe to repeat.
-            Err(failed) if !failed.response_started => {}
+            Err(failed) if !failed.response_started => pool::record(PoolEvent::Retried, 1),
             result => return result.map_err(|failed| failed.error),
         }
     }
     let connection = open().await?;
+    pool::record(PoolEvent::Opened, 1);
     exchange(pool, connection, request, limits)
         .await
         .map_err(|failed| failed.error)
@@ -82,10 +84,15 @@ async fn exchange(
             }
             Ok(body.bytes)
         }
-        Err(error) => Err(Failed {
-            error,
-            response_started,
-        }),
+        Err(rejected) => {
+            if rejected.reusable {
+                pool.put(connection);
+            }
+            Err(Failed {
+                error: rejected.error,
+                response_started,
+            })
+        }
     }
 }
 

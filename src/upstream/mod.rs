@@ -27,7 +27,7 @@ use async_net::TcpStream;
 pub use self::chunked::{ChunkedDecoder, ChunkedError};
 pub use self::error::AttemptError;
 pub use self::payload::{PayloadError, validate};
-pub use self::pool::PoolConfig;
+pub use self::pool::{PoolConfig, PoolStats, stats as pool_stats};
 pub use self::response::{Limits, MAX_HEAD};
 pub use self::stream::MaybeTls;
 pub use self::tls::{CaError, TlsConnector, TlsError, TlsStream};

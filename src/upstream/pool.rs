@@ -7,6 +7,7 @@
 //! the upstream has neither closed it nor sent stray bytes.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,65 @@ impl Default for PoolConfig {
     }
 }
 
+/// Something a pool did with a connection, as counted in [`PoolStats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PoolEvent {
+    /// A new connection was established: TCP, and TLS for https.
+    Opened,
+    /// A request went out on an idle connection taken from the pool.
+    Reused,
+    /// A reused connection failed before any response byte, and the
+    /// request was sent again on a new connection.
+    Retried,
+    /// An idle connection was found closed, reset or sending stray bytes
+    /// when taken, and was closed.
+    Stale,
+    /// An idle connection passed the idle timeout and was closed.
+    Expired,
+    /// A full pool closed its oldest idle connection to keep a newer one.
+    Evicted,
+}
+
+const EVENT_KINDS: usize = 6;
+
+static EVENTS: [AtomicU64; EVENT_KINDS] = [const { AtomicU64::new(0) }; EVENT_KINDS];
+static IDLE: AtomicI64 = AtomicI64::new(0);
+
+/// Counts `count` occurrences of `event`.
+pub(super) fn record(event: PoolEvent, count: usize) {
+    if count > 0 {
+        EVENTS[event as usize].fetch_add(count as u64, Ordering::Relaxed);
+    }
+}
+
+/// What every upstream pool in the process has done since it started, and
+/// how many idle connections the pools hold now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub opened: u64,
+    pub reused: u64,
+    pub retried: u64,
+    pub closed_stale: u64,
+    pub closed_expired: u64,
+    pub closed_evicted: u64,
+    pub idle: u64,
+}
+
+/// Reads the counters of every pool. Each is a relaxed load, so a snapshot
+/// taken under traffic may be a few events apart between counters.
+pub fn stats() -> PoolStats {
+    let load = |event: PoolEvent| EVENTS[event as usize].load(Ordering::Relaxed);
+    PoolStats {
+        opened: load(PoolEvent::Opened),
+        reused: load(PoolEvent::Reused),
+        retried: load(PoolEvent::Retried),
+        closed_stale: load(PoolEvent::Stale),
+        closed_expired: load(PoolEvent::Expired),
+        closed_evicted: load(PoolEvent::Evicted),
+        idle: IDLE.load(Ordering::Relaxed).max(0) as u64,
+    }
+}
+
 /// Idle connections to one upstream.
 pub struct Pool {
     config: PoolConfig,
@@ -88,7 +148,9 @@ impl Pool {
             let (candidate, expired) = {
                 let mut idle = self.lock();
                 let expired = self.split_expired(&mut idle, now);
-                (idle.pop_back(), expired)
+                let candidate = idle.pop_back();
+                IDLE.fetch_sub(candidate.is_some() as i64, Ordering::Relaxed);
+                (candidate, expired)
             };
             // Closing sockets is a system call each, so it happens outside the lock.
             drop(expired);
@@ -97,6 +159,7 @@ impl Pool {
             if is_idle(&mut connection).await {
                 return Some(connection);
             }
+            record(PoolEvent::Stale, 1);
         }
     }
 
@@ -121,8 +184,10 @@ impl Pool {
                 connection,
                 since: now,
             });
+            IDLE.fetch_add(1 - evicted.is_some() as i64, Ordering::Relaxed);
             (expired, evicted)
         };
+        record(PoolEvent::Evicted, evicted.is_some() as usize);
         drop(expired);
         drop(evicted);
     }
@@ -142,6 +207,8 @@ impl Pool {
             .iter()
             .position(|entry| now.duration_since(entry.since) < self.config.idle_timeout)
             .unwrap_or(idle.len());
+        IDLE.fetch_sub(fresh as i64, Ordering::Relaxed);
+        record(PoolEvent::Expired, fresh);
         idle.drain(..fresh).collect()
     }
 
@@ -149,6 +216,13 @@ impl Pool {
         // The queue is valid after any panic, because every change to it is
         // a single push or pop.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().unwrap_or_else(PoisonError::into_inner);
+        IDLE.fetch_sub(idle.len() as i64, Ordering::Relaxed);
     }
 }
 

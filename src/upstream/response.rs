@@ -8,7 +8,7 @@
 //! | 100, 102, 103 or another 1xx without framing headers | skipped; the final response follows, and every head counts against the head limit |
 //! | 1xx with Content-Length or Transfer-Encoding, or 101 | `malformed_response`: interim responses have no body, and fanout never requests a protocol switch |
 //! | 204 with Transfer-Encoding or a non-zero Content-Length, 204 or 304 with bytes after the head | `malformed_response`: these statuses have no body |
-//! | other 204 and 304, any other non-200 | `redirect` for 3xx but 304, else `http_status`, without reading the body |
+//! | other 204 and 304, any other non-200 | `redirect` for 3xx but 304, else `http_status`, without waiting for the body; the connection is kept only when the whole body came with the head (see [`Rejected`]) |
 //! | 200 with Transfer-Encoding in HTTP/1.0, or with both Transfer-Encoding and Content-Length | `malformed_response` (RFC 9112, 6.1 and 6.3) |
 //! | 200 with Content-Length | exactly that many bytes; more in any read is `malformed_response`, fewer before the close is `truncated`; over the body limit fails at the head |
 //! | 200 chunked | decoded as it arrives; bytes after the last chunk are `malformed_response` |
@@ -63,12 +63,35 @@ pub struct Body {
     pub reusable: bool,
 }
 
+/// A response that failed the attempt, and whether its connection may
+/// still carry another request.
+#[derive(Debug)]
+pub struct Rejected {
+    pub error: AttemptError,
+    /// True only for a failed status in HTTP/1.1, without `Connection:
+    /// close`, whose body is framed by Content-Length and arrived whole with
+    /// the head (or that has no body). Such a connection is exactly at the
+    /// start of the next response, as after a 200, and closing it would
+    /// cost a new connection, or a new TLS handshake, later.
+    pub reusable: bool,
+}
+
+impl From<AttemptError> for Rejected {
+    fn from(error: AttemptError) -> Rejected {
+        Rejected {
+            error,
+            reusable: false,
+        }
+    }
+}
+
 /// Reads a response from `stream` and returns its body when the status is 200,
 /// and whether the connection may carry another request.
 ///
-/// Any other status fails at once without reading the body, so its
-/// connection must not be reused.
-pub async fn read_response<R>(stream: &mut R, limits: Limits) -> Result<Body, AttemptError>
+/// Any other status fails as soon as its head has arrived, without waiting
+/// for the body; its connection is reusable only when the body came whole
+/// with the head.
+pub async fn read_response<R>(stream: &mut R, limits: Limits) -> Result<Body, Rejected>
 where
     R: AsyncRead + Unpin,
 {
@@ -98,6 +121,8 @@ enum Head {
     /// The final response's head length, body framing, and whether its
     /// head allows the connection to stay open.
     Final(usize, Framing, bool),
+    /// A final response whose status fails the attempt.
+    Rejected(Rejected),
 }
 
 /// Reads past interim responses until the final head parses, then checks
@@ -109,7 +134,7 @@ async fn read_head<R>(
     stream: &mut R,
     buffer: &mut Vec<u8>,
     limits: Limits,
-) -> Result<(usize, Framing, bool), AttemptError>
+) -> Result<(usize, Framing, bool), Rejected>
 where
     R: AsyncRead + Unpin,
 {
@@ -126,12 +151,13 @@ where
                 interim_bytes += length;
                 continue;
             }
+            Some(Head::Rejected(rejected)) => return Err(rejected),
             None => {}
         }
 
         let used = interim_bytes + buffer.len();
         if used >= limits.max_head {
-            return Err(AttemptError::Malformed("response head larger than 16 KiB"));
+            return Err(AttemptError::Malformed("response head larger than 16 KiB").into());
         }
         let read = read_some(stream, buffer, limits.max_head - used).await?;
         if read == 0 {
@@ -140,7 +166,7 @@ where
             } else {
                 "connection closed inside the response head"
             };
-            return Err(AttemptError::Truncated(detail));
+            return Err(AttemptError::Truncated(detail).into());
         }
     }
 }
@@ -193,7 +219,39 @@ fn classify(
         204 | 304 if following > 0 => Err(AttemptError::Malformed(
             "bytes after a 204 or 304 response, which has no body",
         )),
-        _ => framing(response).map(|framing| Head::Final(length, framing, is_persistent(response))),
+        _ => match framing(response) {
+            Ok(framing) => Ok(Head::Final(length, framing, is_persistent(response))),
+            Err(error @ (AttemptError::Status(_) | AttemptError::Redirect { .. })) => {
+                let reusable = is_persistent(response) && body_arrived(response, following);
+                Ok(Head::Rejected(Rejected { error, reusable }))
+            }
+            Err(error) => Err(error),
+        },
+    }
+}
+
+/// Tells whether a failed response's body is exactly the `following` bytes
+/// read with its head: a single valid Content-Length that matches, and no
+/// Transfer-Encoding. A 204 or 304 has no body, so nothing may follow it.
+///
+/// Only bytes already read count: waiting for more would delay the
+/// attempt's failure for the sake of a connection.
+fn body_arrived(response: &httparse::Response<'_, '_>, following: usize) -> bool {
+    if matches!(response.code, Some(204 | 304)) {
+        return following == 0;
+    }
+    if header(response, "transfer-encoding").is_some() {
+        return false;
+    }
+    let mut lengths = response
+        .headers
+        .iter()
+        .filter(|field| field.name.eq_ignore_ascii_case("content-length"));
+    match (lengths.next(), lengths.next()) {
+        (Some(field), None) => {
+            parse_content_length(field.value).is_ok_and(|length| length == following as u64)
+        }
+        _ => false,
     }
 }
 
@@ -411,6 +469,7 @@ mod tests {
     fn read(input: &[u8]) -> Result<Vec<u8>, AttemptError> {
         futures_lite::future::block_on(read_response(&mut &input[..], LIMITS))
             .map(|body| body.bytes)
+            .map_err(|rejected| rejected.error)
     }
 
     #[test]
@@ -545,7 +604,9 @@ mod tests {
     }
 
     fn read_from(mut stream: Pieces) -> Result<Vec<u8>, AttemptError> {
-        futures_lite::future::block_on(read_response(&mut stream, LIMITS)).map(|body| body.bytes)
+        futures_lite::future::block_on(read_response(&mut stream, LIMITS))
+            .map(|body| body.bytes)
+            .map_err(|rejected| rejected.error)
     }
 
     /// Encodes `body` as chunks of the given sizes, with one extension and one trailer.
@@ -679,6 +740,59 @@ mod tests {
             assert_eq!(body.bytes, b"{}");
             assert_eq!(
                 body.reusable,
+                *reusable,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn failed_status_keeps_its_connection_only_with_the_whole_body() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\n{}", true),
+            (b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", true),
+            (
+                b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", true),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                true,
+            ),
+            // The body has not all arrived, and fanout does not wait for it.
+            (b"HTTP/1.1 500 Oops\r\nContent-Length: 5\r\n\r\n{}", false),
+            (b"HTTP/1.1 500 Oops\r\nContent-Length: 1\r\n\r\n{}", false),
+            (
+                b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.1 500 Oops\r\n\r\n{}", false),
+            (
+                b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+                false,
+            ),
+            (b"HTTP/1.1 500 Oops\r\nContent-Length: +2\r\n\r\n{}", false),
+            (
+                b"HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+                false,
+            ),
+            (b"HTTP/1.0 500 Oops\r\nContent-Length: 2\r\n\r\n{}", false),
+        ];
+        for (input, reusable) in cases {
+            let rejected = futures_lite::future::block_on(read_response(&mut &input[..], LIMITS))
+                .expect_err("a failed status fails the attempt");
+            assert!(
+                matches!(
+                    rejected.error,
+                    AttemptError::Status(_) | AttemptError::Redirect { .. }
+                ),
+                "{:?}",
+                rejected.error
+            );
+            assert_eq!(
+                rejected.reusable,
                 *reusable,
                 "input {:?}",
                 String::from_utf8_lossy(input)
