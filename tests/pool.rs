@@ -208,7 +208,10 @@ fn no_reuse_after_peer_close() {
     assert_eq!(requests_per_connection(&upstream), [1, 1]);
     let stale = r#"fanout_upstream_idle_connections_closed_total{reason="stale"}"#;
     assert_eq!(metric(&gateway, stale), 1);
-    assert_eq!(metric(&gateway, "fanout_upstream_connection_retries_total"), 0);
+    assert_eq!(
+        metric(&gateway, "fanout_upstream_connection_retries_total"),
+        0
+    );
     let first = upstream
         .connections()
         .into_iter()

@@ -258,12 +258,19 @@ pub async fn close_expired_forever(pool: Weak<Pool>) {
 async fn is_idle(connection: &mut Connection) -> bool {
     // A non-blocking peek at the socket is one system call and leaves its
     // registration with the reactor untouched.
-    let tcp = match connection {
-        MaybeTls::Plain(tcp) => tcp,
-        MaybeTls::Tls(tls) => tls.get_ref(),
+    let (tcp, read_ahead) = match connection {
+        MaybeTls::Plain(tcp) => (&*tcp, false),
+        MaybeTls::Tls(tls) => (tls.get_ref(), tls.has_read_ahead()),
     };
     let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-    match rustix::net::recv(tcp, &mut [0u8; 1], flags) {
+    // Bytes the TLS adapter already read ahead are waiting as surely as
+    // bytes in the socket.
+    let peeked = if read_ahead {
+        Ok((1, 1))
+    } else {
+        rustix::net::recv(tcp, &mut [0u8; 1], flags)
+    };
+    match peeked {
         Err(error) => error == Errno::WOULDBLOCK,
         Ok((_, 0)) => false,
         Ok(_) => match connection {

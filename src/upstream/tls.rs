@@ -57,6 +57,8 @@ impl TlsConnector {
         let bridge = Bridge {
             stream,
             waker: Waker::noop().clone(),
+            ahead: Vec::new(),
+            taken: 0,
         };
         let mut handshake = match self.inner.connect(domain, bridge) {
             Ok(tls) => return Ok(TlsStream { inner: tls }),
@@ -113,11 +115,26 @@ impl std::fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
+/// The most bytes [`Bridge`] reads from the socket at once when TLS asks for fewer.
+const READ_AHEAD: usize = 4096;
+
+/// Read-ahead space kept past this capacity is released once drained, so
+/// an idle connection holds at most this much.
+const MAX_KEPT_AHEAD: usize = 1024;
+
 /// A blocking-style view of an async stream, for `native-tls`.
+///
+/// OpenSSL reads a record's 5-byte header, then its body, in two calls. The
+/// bridge reads up to [`READ_AHEAD`] bytes in one system call and serves
+/// later calls from what is left, so a response in one record costs one
+/// read instead of two.
 struct Bridge<S> {
     stream: S,
     /// The waker of the task that last polled the TLS stream.
     waker: Waker,
+    /// Bytes read from the socket that TLS has not asked for yet, from `taken` on.
+    ahead: Vec<u8>,
+    taken: usize,
 }
 
 impl<S> Bridge<S> {
@@ -142,9 +159,38 @@ impl<S> Bridge<S> {
     }
 }
 
+impl<S> Bridge<S> {
+    /// Tells whether bytes read ahead from the socket wait for TLS.
+    fn has_read_ahead(&self) -> bool {
+        self.taken < self.ahead.len()
+    }
+}
+
 impl<S: AsyncRead + Unpin> Read for Bridge<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.poll_with(|stream, cx| stream.poll_read(cx, buf))
+        if self.has_read_ahead() {
+            let count = buf.len().min(self.ahead.len() - self.taken);
+            buf[..count].copy_from_slice(&self.ahead[self.taken..self.taken + count]);
+            self.taken += count;
+            if !self.has_read_ahead() {
+                self.taken = 0;
+                if self.ahead.capacity() > MAX_KEPT_AHEAD {
+                    self.ahead = Vec::new();
+                } else {
+                    self.ahead.clear();
+                }
+            }
+            return Ok(count);
+        }
+        if buf.len() >= READ_AHEAD {
+            return self.poll_with(|stream, cx| stream.poll_read(cx, buf));
+        }
+        let mut chunk = [0u8; READ_AHEAD];
+        let read = self.poll_with(|stream, cx| stream.poll_read(cx, &mut chunk))?;
+        let count = read.min(buf.len());
+        buf[..count].copy_from_slice(&chunk[..count]);
+        self.ahead.extend_from_slice(&chunk[count..read]);
+        Ok(count)
     }
 }
 
@@ -167,6 +213,12 @@ impl<S> TlsStream<S> {
     /// Returns the transport under the TLS session.
     pub fn get_ref(&self) -> &S {
         &self.inner.get_ref().stream
+    }
+
+    /// Tells whether bytes already read from the transport wait for TLS to
+    /// process them, which a look at the transport alone would miss.
+    pub fn has_read_ahead(&self) -> bool {
+        self.inner.get_ref().has_read_ahead()
     }
 }
 
@@ -213,5 +265,94 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         let this = self.get_mut();
         futures_lite::ready!(this.poll_tls(cx, |tls| tls.shutdown()))?;
         Pin::new(&mut this.inner.get_mut().stream).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that hands out `data` in reads of at most `step` bytes and counts the reads.
+    struct Counted {
+        data: Vec<u8>,
+        step: usize,
+        reads: usize,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.reads += 1;
+            let count = buf.len().min(this.step).min(this.data.len());
+            buf[..count].copy_from_slice(&this.data[..count]);
+            this.data.drain(..count);
+            Poll::Ready(Ok(count))
+        }
+    }
+
+    fn bridge(data: &[u8], step: usize) -> Bridge<Counted> {
+        Bridge {
+            stream: Counted {
+                data: data.to_vec(),
+                step,
+                reads: 0,
+            },
+            waker: Waker::noop().clone(),
+            ahead: Vec::new(),
+            taken: 0,
+        }
+    }
+
+    /// Reads `sizes` in turn, as OpenSSL would, and returns what came back.
+    fn read_in(bridge: &mut Bridge<Counted>, sizes: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &size in sizes {
+            let mut buf = vec![0u8; size];
+            let read = bridge.read(&mut buf).unwrap();
+            out.extend_from_slice(&buf[..read]);
+        }
+        out
+    }
+
+    #[test]
+    fn a_record_header_and_body_cost_one_socket_read() {
+        let record: Vec<u8> = (0..200u8).collect();
+        let mut bridge = bridge(&record, usize::MAX);
+        assert_eq!(read_in(&mut bridge, &[5, 195]), record);
+        assert_eq!(bridge.stream.reads, 1);
+        assert!(!bridge.has_read_ahead());
+    }
+
+    #[test]
+    fn read_ahead_returns_every_byte_in_order_whatever_the_sizes() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        for step in [1, 7, 300, 4096, 10_000] {
+            for sizes in [&[5, 1][..], &[5, 300, 16_384], &[4096], &[1, 2, 3, 5000]] {
+                let mut bridge = bridge(&data, step);
+                let mut out = Vec::new();
+                // Every round reads at least one byte until the end, so
+                // this bound only stops a bridge that loses bytes.
+                for _ in 0..data.len() {
+                    out.extend(read_in(&mut bridge, sizes));
+                    if out.len() >= data.len() {
+                        break;
+                    }
+                }
+                assert_eq!(out, data, "step {step}, sizes {sizes:?}");
+                assert!(!bridge.has_read_ahead());
+            }
+        }
+    }
+
+    #[test]
+    fn drained_read_ahead_keeps_little_space() {
+        let data = vec![7u8; 3000];
+        let mut bridge = bridge(&data, usize::MAX);
+        assert_eq!(read_in(&mut bridge, &[5, 2995]), data);
+        assert!(bridge.ahead.capacity() <= MAX_KEPT_AHEAD);
     }
 }
