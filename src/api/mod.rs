@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_lite::future;
 use smol::Executor;
 
 use self::losers::Losers;
@@ -93,6 +94,11 @@ impl Api {
         // The deadline counts from the moment the request head was read, so
         // time spent in the server before this point is part of the budget.
         let deadline = received_at + timeout;
+        // Opening upstream connections is the costliest step of a request.
+        // Responses whose deadline has passed may be queued on the executor
+        // behind this task; yielding once lets them go out first, which
+        // matters when many deadlines fall due together.
+        future::yield_now().await;
         // Each attempt is its own span, so the upstream's logs can tell them apart.
         let spans: Vec<SpanId> = (0..self.fanout).map(|_| SpanId::generate()).collect();
         let attempts = spans
