@@ -57,7 +57,9 @@ THROUGHPUT_SECONDS=5
 # 2,000, which leaves this kind of 2-CPU machine some idle time.
 SOAK_RUNS="5000x30 2000x20"
 DEADLINE_SECONDS=5
-DEADLINE_CONNECTIONS="1000 5000"
+# 100 shows the precision with the machine mostly idle; 1,000 and 5,000 are
+# the targets' loads.
+DEADLINE_CONNECTIONS="100 1000 5000"
 OVERLOAD_CAP=1000
 OVERLOAD_SECONDS=10
 if [ "$QUICK" = 1 ]; then
@@ -65,7 +67,7 @@ if [ "$QUICK" = 1 ]; then
     THROUGHPUT_SECONDS=1
     SOAK_RUNS="500x3"
     DEADLINE_SECONDS=2
-    DEADLINE_CONNECTIONS="200 500"
+    DEADLINE_CONNECTIONS="100 500"
     OVERLOAD_CAP=200
     OVERLOAD_SECONDS=3
 fi
@@ -182,6 +184,53 @@ median() {
 
 declare -A RESULTS
 record() { RESULTS[$1]="${RESULTS[$1]:-} $2"; }
+
+# Prints the CPU time, in clock ticks, that process $1 has used so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# Prints the busy and total clock ticks of the whole machine so far.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+
+# Prints how many CPUs' worth $1 clock ticks are over $2 seconds.
+cpus_used() { awk -v t="$1" -v s="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz / s }'; }
+
+# Writes "status timeout_ms duration_ms" for each /api/ request in fanout's
+# access log, read on stdin, to file $1; timeout_ms is - when the request
+# had none, as for a shed request.
+api_requests() {
+    awk '/"msg":"request"/ && /"path":"\/api\// {
+        status = "-"; timeout = "-"; duration = "-"
+        # The first status field is the response status; attempts come later.
+        if (match($0, /"status":[0-9]+/)) status = substr($0, RSTART + 9, RLENGTH - 9)
+        if (match($0, /"timeout_ms":[0-9]+/)) timeout = substr($0, RSTART + 13, RLENGTH - 13)
+        if (match($0, /"duration_ms":[0-9.]+/)) duration = substr($0, RSTART + 14, RLENGTH - 14)
+        print status, timeout, duration
+    }' >"$1"
+}
+
+# Prints the p50, p99 and max of the numbers on stdin, or n/a.
+quantiles() {
+    sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "n/a n/a n/a"; exit }
+        i50 = int(NR * 0.50 + 0.999); i99 = int(NR * 0.99 + 0.999)
+        printf "%.2f %.2f %.2f\n", v[i50 < 1 ? 1 : i50], v[i99 < 1 ? 1 : i99], v[NR] }'
+}
+
+# Prints fanout's /metrics, fetched from port $1 over HTTP/1.0 with bash's
+# /dev/tcp, so no HTTP client has to be installed.
+scrape_metrics() {
+    local port=$1
+    timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port
+        printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+        cat <&3" 2>/dev/null || true
+}
+
+# Prints the value of sample $2 (a metric name with its labels) in the
+# metrics text $1, or 0.
+sample() { awk -v name="$2" '$1 == name { print $2; found = 1 } END { if (!found) print 0 }' <<<"$1"; }
+
+# Prints the sockets in TIME_WAIT on this machine.
+time_wait() { ss -Htan state time-wait 2>/dev/null | wc -l; }
 
 write_nginx_config() {
     local conf=$1
@@ -320,17 +369,44 @@ for round in $(seq 1 "$ROUNDS"); do
         # the requests this section measures.
         cap_args=()
         [ -n "$CAP_FLAG" ] && cap_args=("$CAP_FLAG" "$connections")
+        key="conc${connections}"
+        record "${key}_timewait" "$(time_wait)"
         start_fanout --upstream "$SIM_URL" "${cap_args[@]}"
         fanout_pid=$STARTED
         sample_descriptors "$fanout_pid" "$WORK/fds" &
         sampler=$!
+        fanout_before=$(cpu_ticks "$fanout_pid")
+        upstream_before=$(cpu_ticks "$SIM_PID")
+        read -r busy_before total_before < <(machine_ticks)
         line=$(LATE_MS=1020 run_wrk "$seconds" "$connections" 2 \
             "http://127.0.0.1:$PORT/api/all?timeout=1000" status.lua)
+        read -r busy_after total_after < <(machine_ticks)
+        record "${key}_cpu_fanout" "$(cpus_used $(($(cpu_ticks "$fanout_pid") - fanout_before)) "$seconds")"
+        record "${key}_cpu_upstream" "$(cpus_used $(($(cpu_ticks "$SIM_PID") - upstream_before)) "$seconds")"
+        record "${key}_busy" "$(awk -v b=$((busy_after - busy_before)) -v t=$((total_after - total_before)) 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')"
         rss_kib=$(awk '/^VmHWM/ { print $2 }' "/proc/$fanout_pid/status")
+        # What the upstream attempts did, in fanout's own counters.
+        metrics=$(scrape_metrics "$PORT")
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
         stop "$fanout_pid"
-        key="conc${connections}"
+        attempts=0
+        for outcome in ok http_status invalid_payload connect_error io_error timeout; do
+            count=$(sample "$metrics" "fanout_upstream_attempts_total{outcome=\"$outcome\"}")
+            attempts=$((attempts + ${count%.*}))
+            eval "outcome_$outcome=${count%.*}"
+        done
+        for outcome in ok http_status invalid_payload connect_error io_error timeout; do
+            eval "count=\$outcome_$outcome"
+            record "${key}_attempt_$outcome" "$(awk -v n="$count" -v d="$attempts" 'BEGIN { printf "%.1f", d ? 100 * n / d : 0 }')"
+        done
+        opened=$(sample "$metrics" fanout_upstream_connections_opened_total)
+        record "${key}_new_per_attempt" "$(awk -v n="${opened%.*}" -v d="$attempts" 'BEGIN { printf "%.2f", d ? n / d : 0 }')"
+        # fanout's own clock: from reading the request head to writing the
+        # response, so the wait in socket buffers before fanout reads a
+        # request is not in it.
+        api_requests "$WORK/api" <"$WORK/fanout-$PORT.log"
+        record "${key}_late_fanout" "$(awk '$2 != "-" && $3 > $2 + 20 { n++ } END { print n + 0 }' "$WORK/api")"
         requests=$(field "$line" requests)
         record "${key}_rps" "$(field "$line" rps)"
         for status in s200 s500 s503 other; do
@@ -346,7 +422,7 @@ for round in $(seq 1 "$ROUNDS"); do
         record "${key}_fds" "$(cat "$WORK/fds" 2>/dev/null || echo 0)"
         rm -f "$WORK/fds"
         # The access log of a run at full load is large and no longer needed.
-        rm -f "$WORK/fanout-$PORT.log"
+        rm -f "$WORK/fanout-$PORT.log" "$WORK/api"
     done
 done
 stop "$SIM_PID"
@@ -359,14 +435,29 @@ stop "$SIM_PID"
 start_simulator --failure-rate 0 --min-latency 600000 --max-latency 600000
 HANG_PID=$STARTED
 HANG_URL="http://127.0.0.1:$PORT/api/work"
-start_fanout --upstream "$HANG_URL"
+# The largest connection count is the cap, so no request is shed.
+MOST_DEADLINE_CONNECTIONS=$(printf '%s\n' $DEADLINE_CONNECTIONS | sort -n | tail -n1)
+deadline_cap=()
+[ -n "$CAP_FLAG" ] && deadline_cap=("$CAP_FLAG" "$MOST_DEADLINE_CONNECTIONS")
+start_fanout --upstream "$HANG_URL" "${deadline_cap[@]}"
 DEADLINE_FANOUT=$STARTED
 DEADLINE_PORT=$PORT
+DEADLINE_LOG="$WORK/fanout-$PORT.log"
 for round in $(seq 1 "$ROUNDS"); do
     for connections in $DEADLINE_CONNECTIONS; do
         log "deadline round $round: $connections connections"
+        log_start=$(stat -c %s "$DEADLINE_LOG")
+        fanout_before=$(cpu_ticks "$DEADLINE_FANOUT")
         line=$(LATE_MS=220 run_wrk "$DEADLINE_SECONDS" "$connections" 2 \
             "http://127.0.0.1:$DEADLINE_PORT/api/first?timeout=200" status.lua)
+        record "dl_${connections}_cpu_fanout" "$(cpus_used $(($(cpu_ticks "$DEADLINE_FANOUT") - fanout_before)) "$DEADLINE_SECONDS")"
+        # Requests still open when wrk stopped end within their 200 ms.
+        sleep 0.5
+        tail -c +$((log_start + 1)) "$DEADLINE_LOG" | api_requests "$WORK/api"
+        read -r own50 own99 ownmax < <(awk '$2 != "-" { print $3 - $2 }' "$WORK/api" | quantiles)
+        record "dl_${connections}_own_p50" "$own50"
+        record "dl_${connections}_own_p99" "$own99"
+        record "dl_${connections}_own_max" "$ownmax"
         if [ "$(field "$line" requests)" -gt 0 ]; then
             for p in p50 p99 max; do
                 record "dl_${connections}_$p" "$(awk -v u="$(field "$line" ${p}_us)" 'BEGIN { printf "%.2f", u / 1000 - 200 }')"
@@ -379,6 +470,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 stop "$DEADLINE_FANOUT"
 stop "$HANG_PID"
+rm -f "$DEADLINE_LOG" "$WORK/api"
 
 # ---------------------------------------------------------------- 4. overload
 
@@ -393,6 +485,16 @@ if [ -n "$CAP_FLAG" ]; then
         line=$(LATE_MS=1020 run_wrk "$OVERLOAD_SECONDS" $((2 * OVERLOAD_CAP)) 2 \
             "http://127.0.0.1:$PORT/api/all?timeout=1000" status.lua)
         stop "$fanout_pid"
+        api_requests "$WORK/api" <"$WORK/fanout-$PORT.log"
+        rm -f "$WORK/fanout-$PORT.log"
+        # Shed requests: fanout's time to answer 503. Admitted ones: those
+        # answered later than their timeout + 20 ms by fanout's clock.
+        read -r shed50 shed99 shedmax < <(awk '$1 == 503 { print $3 }' "$WORK/api" | quantiles)
+        record ov_shed_p99 "$shed99"
+        record ov_shed_max "$shedmax"
+        record ov_admitted "$(awk '$1 != 503 { n++ } END { print n + 0 }' "$WORK/api")"
+        record ov_late_fanout "$(awk '$1 != 503 && $2 != "-" && $3 > $2 + 20 { n++ } END { print n + 0 }' "$WORK/api")"
+        rm -f "$WORK/api"
         requests=$(field "$line" requests)
         record ov_503 "$(awk -v n="$(field "$line" s503)" -v d="$requests" 'BEGIN { printf "%.2f", d ? 100 * n / d : 0 }')"
         record ov_late "$(field "$line" late)"
@@ -450,18 +552,26 @@ for soak in $SOAK_RUNS; do
     echo "| $c: share 200 / 500 / 503 / other (%) | $(m "${k}_s200") / $(m "${k}_s500") / $(m "${k}_s503") / $(m "${k}_other") |"
     echo "| $c: socket errors and wrk timeouts | $(m "${k}_errors") |"
     echo "| $c: latency p50 / p99 / max (ms) | $(m "${k}_p50") / $(m "${k}_p99") / $(m "${k}_max") |"
-    echo "| $c: responses later than timeout + 20 ms | $(m "${k}_late") |"
+    echo "| $c: responses later than timeout + 20 ms, by wrk / by fanout's clock | $(m "${k}_late") / $(m "${k}_late_fanout") |"
+    echo "| $c: CPUs used by fanout / the upstream / the whole machine (%) | $(m "${k}_cpu_fanout") / $(m "${k}_cpu_upstream") / $(m "${k}_busy") |"
+    echo "| $c: attempts ok / http_status / invalid_payload / connect_error / io_error / timeout (%) | $(m "${k}_attempt_ok") / $(m "${k}_attempt_http_status") / $(m "${k}_attempt_invalid_payload") / $(m "${k}_attempt_connect_error") / $(m "${k}_attempt_io_error") / $(m "${k}_attempt_timeout") |"
+    echo "| $c: new upstream connections per attempt | $(m "${k}_new_per_attempt") |"
+    echo "| $c: sockets in TIME_WAIT before the run | $(m "${k}_timewait") |"
     echo "| $c: peak RSS of fanout (MiB) | $(m "${k}_rss") |"
     echo "| $c: peak open descriptors of fanout | $(m "${k}_fds") |"
 done
 for connections in $DEADLINE_CONNECTIONS; do
     echo "| deadline, $connections concurrent: overshoot p50 / p99 / max (ms) | $(m "dl_${connections}_p50") / $(m "dl_${connections}_p99") / $(m "dl_${connections}_max") |"
+    echo "| deadline, $connections concurrent: overshoot by fanout's clock p50 / p99 / max (ms) | $(m "dl_${connections}_own_p50") / $(m "dl_${connections}_own_p99") / $(m "dl_${connections}_own_max") |"
+    echo "| deadline, $connections concurrent: CPUs used by fanout | $(m "dl_${connections}_cpu_fanout") |"
     echo "| deadline, $connections concurrent: responses / other than 500 / socket errors | $(m "dl_${connections}_requests") / $(m "dl_${connections}_non500") / $(m "dl_${connections}_errors") |"
 done
 if [ -n "$CAP_FLAG" ]; then
     echo "| overload, $((2 * OVERLOAD_CAP)) connections at $CAP_FLAG $OVERLOAD_CAP: share 503 (%) | $(m ov_503) |"
     echo "| overload: latency p50 / max (ms) | $(m ov_p50) / $(m ov_max) |"
-    echo "| overload: responses later than timeout + 20 ms | $(m ov_late) |"
+    echo "| overload: responses later than timeout + 20 ms, by wrk | $(m ov_late) |"
+    echo "| overload: 503 answered within, by fanout's clock, p99 / max (ms) | $(m ov_shed_p99) / $(m ov_shed_max) |"
+    echo "| overload: admitted requests / later than timeout + 20 ms by fanout's clock | $(m ov_admitted) / $(m ov_late_fanout) |"
     echo "| overload: socket errors and wrk timeouts | $(m ov_errors) |"
 else
     echo "| overload | not available: fanout --help lists no in-flight cap |"

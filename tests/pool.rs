@@ -186,6 +186,39 @@ fn reuses_connection_after_complete_failed_response() {
 }
 
 #[test]
+fn abandoned_connections_are_reset_and_finished_ones_closed() {
+    // A hanging response times out, and a cut-short body fails the attempt;
+    // neither connection can carry another request.
+    let cut_short = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{\"ti";
+    let cases: Vec<(&str, Step, bool)> = vec![
+        ("timed out", Step::Hang, true),
+        ("failed mid-body", Step::raw(0, cut_short), true),
+        (
+            "Connection: close after a whole response",
+            Step::raw(
+                0,
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 11\r\n\r\n{\"time\": 1}",
+            ),
+            false,
+        ),
+    ];
+    for (name, step, reset) in cases {
+        let upstream = FakeUpstream::start(vec![step]);
+        let gateway = gateway(&upstream, &[]);
+
+        let response = gateway.get("/api/first?timeout=300");
+        let connection = &upstream.wait_closed(1)[0];
+
+        assert!(
+            response.status == 200 || response.status == 500,
+            "{name}: {}",
+            response.body
+        );
+        assert_eq!(connection.reset, reset, "{name}: {connection:?}");
+    }
+}
+
+#[test]
 fn no_reuse_after_peer_close() {
     // The upstream responds and closes its side without a `Connection: close`
     // header.

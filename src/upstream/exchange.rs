@@ -5,12 +5,14 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 
 use super::error::AttemptError;
 use super::pool::{self, Connection, Pool, PoolEvent};
 use super::response::{self, Limits};
+use super::stream::MaybeTls;
 
 /// A failed exchange, and whether the failure came before any response byte.
 struct Failed {
@@ -54,12 +56,17 @@ where
 
 /// Writes `request`, reads one response, and puts `connection` back in the
 /// pool when the response allows; otherwise the connection is closed here.
+///
+/// A connection given up before its response ended (an error, a timeout or
+/// a cancelled attempt) is reset rather than closed; see [`Abandoned`].
 async fn exchange(
     pool: &Pool,
-    mut connection: Connection,
+    connection: Connection,
     request: &[u8],
     limits: Limits,
 ) -> Result<Vec<u8>, Failed> {
+    let mut guard = Abandoned(Some(connection));
+    let connection = guard.0.as_mut().expect("the guard holds the connection");
     let written = async {
         connection.write_all(request).await?;
         connection.flush().await
@@ -72,26 +79,55 @@ async fn exchange(
     }
 
     let mut reader = Watched {
-        inner: &mut connection,
+        inner: connection,
         received: false,
     };
     let result = response::read_response(&mut reader, limits).await;
     let response_started = reader.received;
     match result {
         Ok(body) => {
+            // The response ended, so the connection closes normally when
+            // it does not go back to the pool.
+            let connection = guard.0.take();
             if body.reusable {
-                pool.put(connection);
+                pool.put(connection.expect("the guard holds the connection"));
             }
             Ok(body.bytes)
         }
         Err(rejected) => {
             if rejected.reusable {
-                pool.put(connection);
+                pool.put(guard.0.take().expect("the guard holds the connection"));
             }
             Err(Failed {
                 error: rejected.error,
                 response_started,
             })
+        }
+    }
+}
+
+/// A connection in the middle of an exchange. Dropped while it still holds
+/// the connection, it closes it with a reset (`SO_LINGER` 0) instead of a
+/// FIN.
+///
+/// Such a connection carries a request whose response will never be read,
+/// so it can serve nothing more. A reset tells the upstream at once that
+/// the request is abandoned, and leaves no socket in `TIME_WAIT` on
+/// fanout's side: against a slow upstream, every timed-out or cancelled
+/// attempt would otherwise hold a local port for a minute, and a busy
+/// gateway can run through the 28,000 ephemeral ports that connections to
+/// one upstream address share.
+struct Abandoned(Option<Connection>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.0 {
+            let tcp = match connection {
+                MaybeTls::Plain(tcp) => tcp,
+                MaybeTls::Tls(tls) => tls.get_ref(),
+            };
+            // On failure the close is an ordinary one, which still ends the connection.
+            let _ = rustix::net::sockopt::set_socket_linger(tcp, Some(Duration::ZERO));
         }
     }
 }

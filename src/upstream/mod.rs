@@ -4,8 +4,9 @@
 //!
 //! An attempt has no timeout of its own. The caller races it against the
 //! request's deadline and drops it when the deadline passes or the race is
-//! decided. Dropping closes its socket at once, whatever phase it is in, and
-//! the connection never returns to the pool.
+//! decided. Dropping closes its socket at once, whatever phase it is in (with
+//! a reset once the request is out), and the connection never returns to the
+//! pool.
 
 mod chunked;
 mod error;

@@ -392,6 +392,8 @@ pub struct Connection {
     pub bytes_after_script: usize,
     /// When the client closed the connection, if it has.
     pub closed_at: Option<Instant>,
+    /// Whether the client ended the connection with a reset rather than a FIN.
+    pub reset: bool,
 }
 
 /// A scripted upstream: the n-th accepted connection runs the n-th step.
@@ -516,6 +518,7 @@ fn serve(
                     requests: 0,
                     bytes_after_script: 0,
                     closed_at: Some(Instant::now()),
+                    reset: false,
                 });
                 return;
             }
@@ -532,6 +535,7 @@ fn serve(
             requests: 1,
             bytes_after_script: 0,
             closed_at: None,
+            reset: false,
         });
         log.len() - 1
     };
@@ -585,13 +589,20 @@ fn serve(
     // Wait for the client to close its side, and note when. Anything sent
     // after the script, further requests included, is read and ignored.
     let mut scratch = [0u8; 1024];
+    let mut reset = false;
     loop {
         match stream.read(&mut scratch) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(error) => {
+                reset = error.kind() == std::io::ErrorKind::ConnectionReset;
+                break;
+            }
             Ok(read) => log.lock().unwrap()[index].bytes_after_script += read,
         }
     }
-    log.lock().unwrap()[index].closed_at = Some(Instant::now());
+    let mut log = log.lock().unwrap();
+    log[index].closed_at = Some(Instant::now());
+    log[index].reset = reset;
 }
 
 /// Reads up to the end of a request head; returns what was read.
