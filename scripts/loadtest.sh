@@ -553,7 +553,7 @@ for soak in $SOAK_RUNS; do
     echo "| $c: socket errors and wrk timeouts | $(m "${k}_errors") |"
     echo "| $c: latency p50 / p99 / max (ms) | $(m "${k}_p50") / $(m "${k}_p99") / $(m "${k}_max") |"
     echo "| $c: responses later than timeout + 20 ms, by wrk / by fanout's clock | $(m "${k}_late") / $(m "${k}_late_fanout") |"
-    echo "| $c: CPUs used by fanout / the upstream / the whole machine (%) | $(m "${k}_cpu_fanout") / $(m "${k}_cpu_upstream") / $(m "${k}_busy") |"
+    echo "| $c: CPUs used by fanout / by the upstream; whole machine busy (%) | $(m "${k}_cpu_fanout") / $(m "${k}_cpu_upstream") / $(m "${k}_busy") |"
     echo "| $c: attempts ok / http_status / invalid_payload / connect_error / io_error / timeout (%) | $(m "${k}_attempt_ok") / $(m "${k}_attempt_http_status") / $(m "${k}_attempt_invalid_payload") / $(m "${k}_attempt_connect_error") / $(m "${k}_attempt_io_error") / $(m "${k}_attempt_timeout") |"
     echo "| $c: new upstream connections per attempt | $(m "${k}_new_per_attempt") |"
     echo "| $c: sockets in TIME_WAIT before the run | $(m "${k}_timewait") |"
