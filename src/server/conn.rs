@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use async_net::TcpStream;
-use futures_lite::{AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncWriteExt, FutureExt, future};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
 use super::io::{
@@ -193,6 +193,11 @@ async fn answer<H: Handler>(
             Some(permit) => Some(permit),
             None => {
                 observe::record_shed();
+                // Shed requests come fastest from clients that retry at
+                // once, and they then crowd the executor's queue. Yielding
+                // once puts each behind the work already queued, such as
+                // admitted requests whose deadline is due.
+                future::yield_now().await;
                 return Some(overloaded(shared.limits.max_in_flight));
             }
         }
