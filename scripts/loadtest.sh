@@ -185,6 +185,9 @@ median() {
 declare -A RESULTS
 record() { RESULTS[$1]="${RESULTS[$1]:-} $2"; }
 
+# Prints $1 / $2 with two decimals, or n/a.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "n/a") printf "%.2f", a / b; else print "n/a" }'; }
+
 # Prints the CPU time, in clock ticks, that process $1 has used so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
@@ -308,7 +311,7 @@ CA=(--upstream-ca "$WORK/upstream.pem")
 # ---------------------------------------------------------------- 1. throughput
 
 # Each row: name|what wrk targets. fanout rows start their own process.
-declare -A ROW_URL
+declare -A ROW_URL ROW_PID
 THROUGHPUT_ROWS=(upstream proxy all_http all_http_1thread first_http first_http_finish
     all_https first_https first_https_finish all_https_nopool all_http_nopool)
 ROW_URL[upstream]=$INSTANT_URL
@@ -316,33 +319,57 @@ ROW_URL[proxy]="http://127.0.0.1:$NGINX_PROXY_PORT/api/work"
 
 start_fanout --upstream "$INSTANT_URL"
 ROW_URL[all_http]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+ROW_PID[all_http]=$STARTED
 sleep 0.2
 FANOUT_START_LINE=$(grep -m1 'listening' "$WORK/fanout-$PORT.log" || true)
 start_fanout --upstream "$INSTANT_URL" --threads 1
 ROW_URL[all_http_1thread]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+ROW_PID[all_http_1thread]=$STARTED
 start_fanout --upstream "$INSTANT_URL" --losers cancel
 ROW_URL[first_http]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+ROW_PID[first_http]=$STARTED
 start_fanout --upstream "$INSTANT_URL" --losers finish
 ROW_URL[first_http_finish]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+ROW_PID[first_http_finish]=$STARTED
 start_fanout --upstream "$HTTPS_URL" "${CA[@]}"
 ROW_URL[all_https]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+ROW_PID[all_https]=$STARTED
 start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --losers cancel
 ROW_URL[first_https]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+ROW_PID[first_https]=$STARTED
 start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --losers finish
 ROW_URL[first_https_finish]="http://127.0.0.1:$PORT/api/first?timeout=1000"
+ROW_PID[first_https_finish]=$STARTED
 start_fanout --upstream "$HTTPS_URL" "${CA[@]}" --upstream-max-idle 0
 ROW_URL[all_https_nopool]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+ROW_PID[all_https_nopool]=$STARTED
 start_fanout --upstream "$INSTANT_URL" --upstream-max-idle 0
 ROW_URL[all_http_nopool]="http://127.0.0.1:$PORT/api/all?timeout=1000"
+ROW_PID[all_http_nopool]=$STARTED
 
+# The value of $1 recorded last, that is, in this round.
+latest() { local values=${RESULTS[$1]:-}; echo "${values##* }"; }
+
+HZ=$(getconf CLK_TCK)
 for round in $(seq 1 "$ROUNDS"); do
     for row in "${THROUGHPUT_ROWS[@]}"; do
         log "throughput round $round: $row"
+        pid=${ROW_PID[$row]:-}
+        [ -n "$pid" ] && ticks_before=$(cpu_ticks "$pid")
         line=$(run_wrk "$THROUGHPUT_SECONDS" 64 1 "${ROW_URL[$row]}" throughput.lua)
         record "tp_$row" "$(field "$line" rps)"
         errors=$(($(field "$line" non2xx) + $(field "$line" connect) + $(field "$line" read) + $(field "$line" write) + $(field "$line" timeout)))
         record "tperr_$row" "$errors"
+        # fanout's own CPU time per request, which the other processes on
+        # these CPUs do not change the way they change the request rate.
+        if [ -n "$pid" ]; then
+            record "tpcpu_$row" "$(awk -v t=$(($(cpu_ticks "$pid") - ticks_before)) -v n="$(field "$line" requests)" -v hz="$HZ" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')"
+        fi
     done
+    # Ratios within the round compare rows measured a few seconds apart.
+    record ratio_https_http "$(ratio "$(latest tp_all_https)" "$(latest tp_all_http)")"
+    record ratio_http_proxy "$(ratio "$(latest tp_all_http)" "$(latest tp_proxy)")"
+    record cpu_ratio_http_https "$(ratio "$(latest tpcpu_all_http)" "$(latest tpcpu_all_https)")"
 done
 
 # ---------------------------------------------------------------- 2. concurrency
@@ -508,11 +535,9 @@ fi
 # ---------------------------------------------------------------- report
 
 m() { median ${RESULTS[$1]:-}; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "n/a") printf "%.2f", a / b; else print "n/a" }'; }
 
 UPSTREAM_RPS=$(m tp_upstream)
 PROXY_RPS=$(m tp_proxy)
-ALL_HTTP_RPS=$(m tp_all_http)
 BINARY_BYTES=$(stat -c %s "$FANOUT")
 THREADS_USED=$(grep -oE 'threads[":= ]+[0-9]+' <<<"$FANOUT_START_LINE" | grep -oE '[0-9]+$' || true)
 
@@ -521,8 +546,8 @@ echo "fanout load test, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $ROUNDS
 echo "fanout threads: ${THREADS_USED:-?}; nginx: 1 worker; wrk: 1 thread (throughput), 2 (others)"
 echo "instant upstream: $UPSTREAM_KIND; release binary: $BINARY_BYTES bytes"
 echo
-echo "| measurement | median | ratio to upstream direct | ratio to nginx proxy | errors (median) |"
-echo "|---|---|---|---|---|"
+echo "| measurement | median | ratio to upstream direct | ratio to nginx proxy | errors (median) | fanout CPU per request (µs) |"
+echo "|---|---|---|---|---|---|"
 declare -A LABEL=(
     [upstream]="$UPSTREAM_KIND serving the upstream response directly, one exchange (req/s)"
     [proxy]="nginx reverse proxy, keep-alive (req/s)"
@@ -538,13 +563,16 @@ declare -A LABEL=(
 )
 for row in "${THROUGHPUT_ROWS[@]}"; do
     value=$(m "tp_$row")
-    echo "| ${LABEL[$row]} | $value | $(ratio "$value" "$UPSTREAM_RPS") | $(ratio "$value" "$PROXY_RPS") | $(m "tperr_$row") |"
+    cpu=$(m "tpcpu_$row")
+    [ "$cpu" = n/a ] && cpu=""
+    echo "| ${LABEL[$row]} | $value | $(ratio "$value" "$UPSTREAM_RPS") | $(ratio "$value" "$PROXY_RPS") | $(m "tperr_$row") | $cpu |"
 done
 echo
 echo "| measurement | median |"
 echo "|---|---|"
-echo "| /api/all https ÷ /api/all http | $(ratio "$(m tp_all_https)" "$ALL_HTTP_RPS") |"
-echo "| /api/all http ÷ nginx proxy (target >= 0.5) | $(ratio "$ALL_HTTP_RPS" "$PROXY_RPS") |"
+echo "| /api/all https ÷ /api/all http, per round (target >= 0.8) | $(m ratio_https_http) |"
+echo "| /api/all http ÷ nginx proxy, per round (target >= 0.5) | $(m ratio_http_proxy) |"
+echo "| fanout CPU per /api/all request, http ÷ https, per round | $(m cpu_ratio_http_https) |"
 for soak in $SOAK_RUNS; do
     k="conc${soak%x*}"
     c="concurrency ${soak%x*} for ${soak#*x} s"
