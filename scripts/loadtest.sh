@@ -232,7 +232,7 @@ scrape_metrics() {
 # metrics text $1, or 0.
 sample() { awk -v name="$2" '$1 == name { print $2; found = 1 } END { if (!found) print 0 }' <<<"$1"; }
 
-# Prints the sockets in TIME_WAIT on this machine.
+# Prints the number of sockets in TIME_WAIT on this machine.
 time_wait() { ss -Htan state time-wait 2>/dev/null | wc -l; }
 
 write_nginx_config() {
@@ -347,7 +347,7 @@ start_fanout --upstream "$INSTANT_URL" --upstream-max-idle 0
 ROW_URL[all_http_nopool]="http://127.0.0.1:$PORT/api/all?timeout=1000"
 ROW_PID[all_http_nopool]=$STARTED
 
-# The value of $1 recorded last, that is, in this round.
+# Prints the value of $1 recorded last, that is, in this round.
 latest() { local values=${RESULTS[$1]:-}; echo "${values##* }"; }
 
 HZ=$(getconf CLK_TCK)
