@@ -2,16 +2,17 @@
 //! request, and the periodic upstream summary.
 //!
 //! Lines go to stderr as JSON objects by default, or as logfmt text
-//! (`ts=… level=… msg=… key=value`) when configured so. Each line is
-//! written with a single `write` call, so lines from different threads never
-//! interleave. All formatting lives here and in `log/line.rs`, so changing the
+//! (`ts=… level=… msg=… key=value`) when configured so. A writer thread
+//! writes them whole, in batches (see `log/writer.rs`), so lines from
+//! different threads never interleave and no executor thread waits for
+//! stderr. All formatting lives here and in `log/line.rs`, so changing the
 //! format touches only these files.
 
 mod limiter;
 mod line;
+mod writer;
 
 use std::fmt::{Display, Write as _};
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ use self::limiter::{Admission, Limiter, Suppressed};
 use self::line::{Line, Millis, push_json_str};
 use crate::observe::Summary;
 use crate::observe::trace::{SpanId, TraceId};
+
+pub use self::writer::{dropped as dropped_lines, flush};
 
 /// Severity of a log line, from the most to the least severe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -293,8 +296,17 @@ pub fn upstream_summary(summary: &Summary) {
 }
 
 fn write_line(line: String) {
-    // NOTE: the write blocks the calling executor thread; when stderr is a
-    // pipe whose reader stalls, request handling on that thread stalls too.
-    // A failed write to stderr has nowhere to be reported, so it is dropped.
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    writer::write(line);
+}
+
+/// Formats the line that reports `count` lines dropped because stderr did
+/// not keep up. The writer thread writes it directly, past the queue.
+fn dropped_line(count: u64) -> String {
+    let mut line = Line::start(
+        format(),
+        Level::Warn,
+        "log lines dropped because stderr did not keep up",
+    );
+    line.number("count", count);
+    line.finish()
 }

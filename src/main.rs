@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Command::Simulate { log, .. } => log::init(log.format, log.max_level),
         Command::Help(_) | Command::Version | Command::Healthcheck { .. } => {}
     }
-    match command {
+    let code = match command {
         Command::Help(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -63,8 +63,15 @@ fn main() -> ExitCode {
             ..
         } => simulate(listen, simulator, threads),
         Command::Healthcheck { listen, timeout } => run_healthcheck(listen, timeout),
-    }
+    };
+    // Log lines still queued for stderr would be lost at exit. A stalled
+    // stderr must not hold the exit up for long, though.
+    log::flush(LOG_FLUSH_TIMEOUT);
+    code
 }
+
+/// The longest the process waits at exit for its last log lines to be written.
+const LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn run_healthcheck(listen: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
     match healthcheck::check(listen, timeout) {

@@ -310,6 +310,70 @@ fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
+/// Pipelines `count` `/healthz` requests on one connection and returns how
+/// many 200 responses arrived before `TEST_TIMEOUT`.
+fn pipeline_health_checks(gateway: &Gateway, count: usize) -> usize {
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // The requests outgrow the socket buffers, so they go out from another
+    // thread while this one reads the responses.
+    let sender = thread::spawn(move || {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: fanout\r\n\r\n";
+        for _ in 0..count {
+            if writer.write_all(request).is_err() {
+                break;
+            }
+        }
+    });
+    let marker = b"HTTP/1.1 200 ";
+    let started = Instant::now();
+    let mut seen = 0;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    while seen < count && started.elapsed() < TEST_TIMEOUT {
+        let read = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        tail.extend_from_slice(&chunk[..read]);
+        seen += tail.windows(marker.len()).filter(|w| w == marker).count();
+        // Keep only what could be the start of a marker cut by the read.
+        let keep = tail.len().min(marker.len() - 1);
+        tail.drain(..tail.len() - keep);
+    }
+    drop(stream);
+    let _ = sender.join();
+    seen
+}
+
+#[test]
+fn stalled_stderr_does_not_stall_requests() {
+    let gateway = Gateway::start(&["--upstream", "http://127.0.0.1:9/api/work"]);
+    // More access lines than the pipe, the reader's buffer and the log
+    // queue together hold, so some must be dropped.
+    let count = 20_000;
+
+    let stalled = gateway.stall_stderr();
+    let answered = pipeline_health_checks(&gateway, count);
+    let metrics = scrape(&gateway);
+    drop(stalled);
+
+    assert_eq!(answered, count, "responses while stderr was stalled");
+    let dropped = value(&metrics, "fanout_log_lines_dropped_total", &[]);
+    assert!(dropped > 0.0, "no line counted as dropped");
+    let report = gateway
+        .wait_for_log(|line| line["msg"] == "log lines dropped because stderr did not keep up");
+    assert_eq!(report["level"], "warn", "{report}");
+    let reported = report["count"].as_u64().unwrap_or(0);
+    assert!(reported > 0, "{report}");
+    // The report follows the stall, so it covers every drop counted during it.
+    assert!(
+        reported as f64 >= dropped,
+        "{report} against {dropped} counted"
+    );
+}
+
 #[test]
 fn metrics_counters_move_with_requests() {
     let upstream = FakeUpstream::start(vec![Step::status(5, 503), Step::ok(5, r#"{"time": 1}"#)]);

@@ -346,6 +346,15 @@ pub fn render() -> String {
     );
     let _ = writeln!(out, "{name} {}", SHED.load(Ordering::Relaxed));
 
+    let name = "fanout_log_lines_dropped_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Log lines dropped because stderr did not take them as fast as they came.",
+    );
+    let _ = writeln!(out, "{name} {}", crate::log::dropped_lines());
+
     let name = "fanout_build_info";
     header(
         &mut out,

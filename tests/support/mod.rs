@@ -25,6 +25,8 @@ pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Passed by the stderr reader after each line; holding it stops the reading.
+    log_gate: Arc<Mutex<()>>,
 }
 
 impl Gateway {
@@ -66,12 +68,15 @@ impl Gateway {
 
         // Draining stderr on a thread keeps the gateway from blocking on a full pipe.
         let sink = logs.clone();
+        let log_gate = Arc::new(Mutex::new(()));
+        let gate = log_gate.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(address) = listening_address(&line) {
                     let _ = address_sender.send(Some(address));
                 }
                 sink.lock().unwrap().push(line);
+                drop(gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
             }
         });
 
@@ -85,7 +90,21 @@ impl Gateway {
                 );
             }
         };
-        Gateway { child, addr, logs }
+        Gateway {
+            child,
+            addr,
+            logs,
+            log_gate,
+        }
+    }
+
+    /// Stops reading the gateway's stderr until the guard is dropped, as a
+    /// stalled log collector would: once the pipe is full, the gateway's
+    /// writes to stderr block.
+    pub fn stall_stderr(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.log_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sends `GET target` on a new connection and reads the whole response.
