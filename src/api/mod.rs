@@ -66,7 +66,7 @@ impl Api {
         self
     }
 
-    /// Drops `attempt` in a task of its own, after the caller has answered.
+    /// Drops `attempt` in a task of its own, after the response is written.
     ///
     /// Dropping an attempt closes its socket, a system call that also runs
     /// the TCP teardown on loopback. When many deadlines expire together,
@@ -96,7 +96,7 @@ impl Api {
         let deadline = received_at + timeout;
         // Opening upstream connections is the costliest step of a request.
         // Responses whose deadline has passed may be queued on the executor
-        // behind this task; yielding once lets them go out first, which
+        // behind this task, so yielding once lets them go out first. That
         // matters when many deadlines fall due together.
         future::yield_now().await;
         // Each attempt is its own span, so the upstream's logs can tell them apart.

@@ -17,16 +17,17 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The most lines waiting for the writer. At about 500 bytes an access
-/// line, a full queue takes about 8 MB.
+/// The maximum number of lines waiting for the writer. At about 500 bytes
+/// an access line, a full queue takes about 8 MB.
 const QUEUE_LINES: usize = 16 * 1024;
 
-/// The most bytes gathered for one `write` call.
+/// The maximum number of bytes gathered for one `write` call.
 const MAX_BATCH: usize = 64 * 1024;
 
 /// How long the writer sleeps after each batch, so that lines gather. A
-/// writer blocked on an empty queue is woken by each new line, a system
-/// call and a thread switch for every request; a sleeping one is not.
+/// writer blocked on an empty queue is woken by each new line, which costs
+/// a system call and a thread switch for every request. A sleeping writer
+/// is not woken.
 const GATHER: Duration = Duration::from_millis(2);
 
 /// Lines dropped because the queue was full, since the process started.
@@ -38,7 +39,7 @@ static QUEUE: OnceLock<Option<SyncSender<Message>>> = OnceLock::new();
 
 enum Message {
     Line(String),
-    /// Answered once every line queued before it is written.
+    /// A request to signal the sender once every line queued before it is written.
     Flush(SyncSender<()>),
 }
 
@@ -53,7 +54,7 @@ pub(super) fn write(line: String) {
         Err(TrySendError::Full(_)) => {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
-        // The writer thread is gone only if it panicked; write directly then.
+        // The writer thread is gone only if it panicked, so write directly.
         Err(TrySendError::Disconnected(message)) => {
             if let Message::Line(line) = message {
                 write_now(&line);

@@ -21,7 +21,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// The maximum number of bytes drained while lingering, so a client cannot hold the task with a stream of data.
 const LINGER_MAX_BYTES: usize = 64 * 1024;
 
-/// The most bytes one read from a client socket takes. A request head from
+/// The maximum number of bytes one read from a client socket takes. A request head from
 /// an API client is a few hundred bytes. The read goes to an array on the
 /// stack, and a connection's buffer holds only the bytes that arrived, so
 /// this size costs no memory per connection.

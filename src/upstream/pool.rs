@@ -85,8 +85,8 @@ pub(super) fn record(event: PoolEvent, count: usize) {
     }
 }
 
-/// What every upstream pool in the process has done since it started, and
-/// how many idle connections the pools hold now.
+/// Counters of every upstream pool in the process since it started, and
+/// the number of idle connections the pools keep now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     pub opened: u64,

@@ -32,7 +32,7 @@ const MAX_HEADERS: usize = 64;
 /// The maximum number of bytes of a redirect's `Location` kept for the error message.
 const MAX_LOCATION: usize = 256;
 
-/// The most bytes one read from the upstream socket takes. A response from
+/// The maximum number of bytes one read from the upstream socket takes. A response from
 /// the upstream is a few hundred bytes, so one read usually takes all of
 /// it. The read goes to an array on the stack, and the response's buffer
 /// holds only the bytes that arrived, so a pending attempt holds no buffer
@@ -89,7 +89,7 @@ impl From<AttemptError> for Rejected {
 /// and whether the connection may carry another request.
 ///
 /// Any other status fails as soon as its head has arrived, without waiting
-/// for the body; its connection is reusable only when the body came whole
+/// for the body. Its connection is reusable only when the body came whole
 /// with the head.
 pub async fn read_response<R>(stream: &mut R, limits: Limits) -> Result<Body, Rejected>
 where
@@ -453,7 +453,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_waiting_read_holds_no_buffer() {
+    fn waiting_read_has_no_buffer() {
         let mut stream: &[u8] = b"";
         let mut buffer = Vec::new();
         let read = read_some(&mut stream, &mut buffer, READ_CHUNK);

@@ -115,7 +115,7 @@ impl std::fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
-/// The most bytes [`Bridge`] reads from the socket at once when TLS asks for fewer.
+/// The maximum number of bytes [`Bridge`] reads from the socket at once when TLS requests fewer.
 const READ_AHEAD: usize = 4096;
 
 /// Read-ahead space kept past this capacity is released once drained, so
@@ -319,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_header_and_body_cost_one_socket_read() {
+    fn bridge_reads_record_in_one_call() {
         let record: Vec<u8> = (0..200u8).collect();
         let mut bridge = bridge(&record, usize::MAX);
         assert_eq!(read_in(&mut bridge, &[5, 195]), record);
@@ -328,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_returns_every_byte_in_order_whatever_the_sizes() {
+    fn bridge_keeps_bytes_in_order() {
         let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
         for step in [1, 7, 300, 4096, 10_000] {
             for sizes in [&[5, 1][..], &[5, 300, 16_384], &[4096], &[1, 2, 3, 5000]] {
@@ -349,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn drained_read_ahead_keeps_little_space() {
+    fn bridge_releases_drained_space() {
         let data = vec![7u8; 3000];
         let mut bridge = bridge(&data, usize::MAX);
         assert_eq!(read_in(&mut bridge, &[5, 2995]), data);
