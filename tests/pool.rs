@@ -254,6 +254,42 @@ fn no_reuse_after_peer_close() {
 }
 
 #[test]
+fn no_reuse_after_extra_bytes_in_tls_record() {
+    // One TLS record holds a response of exactly 4 KiB, then stray bytes.
+    // A read that took only the first 4 KiB of the record would leave the
+    // stray bytes inside OpenSSL, where neither the body's framing nor the
+    // check before reuse sees them.
+    let mut bytes = (3900..4096)
+        .map(|padding| support::response(200, &format!("{{\"time\": 1}}{}", " ".repeat(padding))))
+        .find(|response| response.len() == 4096)
+        .expect("a padding that makes the response 4 KiB");
+    bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"time\": 9}");
+    let ca = Ca::new("fanout test CA");
+    let ca_file = ca.write_pem("pool-record");
+    let upstream = FakeUpstream::start_tls(
+        vec![
+            Step::KeepAlive(vec![Step::raw(0, &bytes), ok()]),
+            Step::KeepAlive(vec![ok()]),
+        ],
+        ca.issue(&["localhost", "127.0.0.1"]),
+    );
+    let gateway = gateway(&upstream, &["--upstream-ca", ca_file.to_str().unwrap()]);
+
+    let first = gateway.get("/api/first?timeout=3000");
+    let second = gateway.get("/api/first?timeout=3000");
+
+    assert_eq!(first.status, 500, "{}", first.body);
+    assert!(
+        first.body.contains("more bytes than Content-Length"),
+        "{}",
+        first.body
+    );
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert!(second.body.contains(r#""time": 1"#), "{}", second.body);
+    assert_eq!(requests_per_connection(&upstream), [1, 1]);
+}
+
+#[test]
 fn no_reuse_after_tls_peer_close() {
     let ca = Ca::new("fanout test CA");
     let ca_file = ca.write_pem("pool-close");

@@ -31,19 +31,19 @@ impl Losers {
         }
     }
 
-    /// Lets `attempt` run until it ends or `deadline` passes, or drops it at
-    /// once when `max_running` attempts already run.
+    /// Lets `attempt` run until it ends or `deadline` passes, or returns it
+    /// when `max_running` attempts already run, for the caller to drop.
     ///
     /// The deadline is the request's, so no attempt outlives the time budget
     /// the caller gave it. The bound keeps the descriptors of background
     /// attempts in proportion to the pool they would refill.
-    pub fn finish<F>(&self, attempt: Pin<Box<F>>, deadline: Instant)
+    pub fn finish<F>(&self, attempt: Pin<Box<F>>, deadline: Instant) -> Option<Pin<Box<F>>>
     where
         F: Future<Output = Result<Payload, AttemptError>> + Send + 'static,
     {
         if self.running.fetch_add(1, Ordering::Relaxed) >= self.max_running {
             self.running.fetch_sub(1, Ordering::Relaxed);
-            return;
+            return Some(attempt);
         }
         let slot = Slot(self.running.clone());
         let bounded = async move {
@@ -59,6 +59,7 @@ impl Losers {
             .await;
         };
         self.executor.spawn(bounded).detach();
+        None
     }
 }
 

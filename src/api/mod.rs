@@ -66,13 +66,17 @@ impl Api {
         self
     }
 
-    /// Drops `attempt` in a task of its own, after the response is written.
+    /// Drops `attempt` in a task of its own, so the response need not wait for it.
     ///
     /// Dropping an attempt closes its socket, a system call that also runs
     /// the TCP teardown on loopback. When many deadlines expire together,
     /// closing inline would make each response wait for the closes of the
     /// responses before it; a spawned task runs after the tasks already
     /// queued, so the answers go out first.
+    ///
+    /// NOTE: the request's in-flight permit is released once its response
+    /// is ready, usually before this task runs, so for that moment the
+    /// sockets in use can exceed what the in-flight cap budgets for.
     fn close_later<F>(&self, attempt: F)
     where
         F: Send + 'static,
@@ -110,9 +114,12 @@ impl Api {
             })
             .collect();
         let report = fanout::run_with(attempts, policy, deadline, |attempt, outcome| {
-            match (outcome, &self.losers) {
+            let left = match (outcome, &self.losers) {
                 (Outcome::Cancelled, Some(losers)) => losers.finish(attempt, deadline),
-                _ => self.close_later(attempt),
+                _ => Some(attempt),
+            };
+            if let Some(attempt) = left {
+                self.close_later(attempt);
             }
         })
         .await;

@@ -120,6 +120,8 @@ fn run(lines: Receiver<Message>) {
                 next = lines.try_recv().ok();
             }
         }
+        // A batch cut short by its size leaves lines queued: write on at once.
+        let drained = batch.len() < MAX_BATCH;
         write_now(&batch);
         batch.clear();
         let dropped = dropped();
@@ -130,7 +132,9 @@ fn run(lines: Receiver<Message>) {
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
-        thread::sleep(GATHER);
+        if drained {
+            thread::sleep(GATHER);
+        }
     }
 }
 

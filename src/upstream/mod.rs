@@ -5,8 +5,8 @@
 //! An attempt has no timeout of its own. The caller races it against the
 //! request's deadline and drops it when the deadline passes or the race is
 //! decided. Dropping closes its socket at once, whatever phase it is in (with
-//! a reset once the request is out), and the connection never returns to the
-//! pool.
+//! a reset once its exchange has begun), and the connection never returns to
+//! the pool.
 
 mod chunked;
 mod error;

@@ -264,7 +264,9 @@ async fn is_idle(connection: &mut Connection) -> bool {
     };
     let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
     // Bytes the TLS adapter already read ahead are waiting as surely as
-    // bytes in the socket.
+    // bytes in the socket. Decrypted bytes left inside OpenSSL are not seen
+    // here, but reads take up to a whole record, so none are left after a
+    // response read to its end.
     let peeked = if read_ahead {
         Ok((1, 1))
     } else {

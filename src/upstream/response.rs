@@ -34,10 +34,12 @@ const MAX_LOCATION: usize = 256;
 
 /// The maximum number of bytes one read from the upstream socket takes. A response from
 /// the upstream is a few hundred bytes, so one read usually takes all of
-/// it. The read goes to an array on the stack, and the response's buffer
+/// it. It is the largest TLS record's plaintext, so a read through TLS
+/// leaves no decrypted bytes inside OpenSSL, where the pool's check before
+/// reuse could not see them. The read goes to an array on the stack, and the response's buffer
 /// holds only the bytes that arrived, so a pending attempt holds no buffer
 /// at all while it waits.
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Limits that bound the memory one upstream response may use.
 #[derive(Clone, Copy, Debug)]
