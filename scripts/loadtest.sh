@@ -384,6 +384,8 @@ sample_descriptors() {
     done
 }
 
+# The attempt outcomes reported for each concurrency run.
+OUTCOMES="ok http_status invalid_payload connect_error io_error timeout"
 start_simulator --min-latency 100 --max-latency 600
 SIM_PID=$STARTED
 SIM_URL="http://127.0.0.1:$PORT/api/work"
@@ -417,15 +419,15 @@ for round in $(seq 1 "$ROUNDS"); do
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
         stop "$fanout_pid"
+        declare -A outcome_count=()
         attempts=0
-        for outcome in ok http_status invalid_payload connect_error io_error timeout; do
+        for outcome in $OUTCOMES; do
             count=$(sample "$metrics" "fanout_upstream_attempts_total{outcome=\"$outcome\"}")
+            outcome_count[$outcome]=${count%.*}
             attempts=$((attempts + ${count%.*}))
-            eval "outcome_$outcome=${count%.*}"
         done
-        for outcome in ok http_status invalid_payload connect_error io_error timeout; do
-            eval "count=\$outcome_$outcome"
-            record "${key}_attempt_$outcome" "$(awk -v n="$count" -v d="$attempts" 'BEGIN { printf "%.1f", d ? 100 * n / d : 0 }')"
+        for outcome in $OUTCOMES; do
+            record "${key}_attempt_$outcome" "$(awk -v n="${outcome_count[$outcome]}" -v d="$attempts" 'BEGIN { printf "%.1f", d ? 100 * n / d : 0 }')"
         done
         opened=$(sample "$metrics" fanout_upstream_connections_opened_total)
         record "${key}_new_per_attempt" "$(awk -v n="${opened%.*}" -v d="$attempts" 'BEGIN { printf "%.2f", d ? n / d : 0 }')"
@@ -514,8 +516,8 @@ if [ -n "$CAP_FLAG" ]; then
         stop "$fanout_pid"
         api_requests "$WORK/api" <"$WORK/fanout-$PORT.log"
         rm -f "$WORK/fanout-$PORT.log"
-        # Shed requests: fanout's time to answer 503. Admitted ones: those
-        # answered later than their timeout + 20 ms by fanout's clock.
+        # Shed requests: fanout's time to respond 503. Admitted ones: those
+        # whose response came later than their timeout + 20 ms by fanout's clock.
         read -r shed50 shed99 shedmax < <(awk '$1 == 503 { print $3 }' "$WORK/api" | quantiles)
         record ov_shed_p99 "$shed99"
         record ov_shed_max "$shedmax"

@@ -3,7 +3,7 @@
 //! Every attempt is a future owned by the race. When the deadline passes or
 //! the policy decides, the attempts still running go to the caller, which
 //! may drop them there and then (closing their sockets), drop them after it
-//! has answered, or let them finish elsewhere. The race itself spawns
+//! has sent its response, or let them finish elsewhere. The race itself spawns
 //! nothing.
 
 use std::future::{Future, poll_fn};
@@ -110,7 +110,7 @@ where
 /// [`Outcome::Cancelled`]), instead of dropping it.
 ///
 /// `leftover` decides when the attempt is dropped, and so when its
-/// connection closes: a caller can answer first and close afterwards.
+/// connection closes. A caller can respond first and close afterwards.
 pub async fn run_with<F>(
     attempts: Vec<F>,
     policy: Policy,

@@ -13,6 +13,7 @@ pub mod fanout;
 pub mod healthcheck;
 pub mod log;
 pub mod observe;
+mod read;
 pub mod runtime;
 pub mod server;
 pub mod simulator;

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     code
 }
 
-/// The longest the process waits at exit for its last log lines to be written.
+/// The maximum time the process waits at exit for its last log lines to be written.
 const LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn run_healthcheck(listen: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {

@@ -316,6 +316,7 @@ fn pipeline_health_checks(gateway: &Gateway, count: usize) -> usize {
     let mut stream = TcpStream::connect(gateway.addr).unwrap();
     stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
     let mut writer = stream.try_clone().unwrap();
+
     // The requests outgrow the socket buffers, so they go out from another
     // thread while this one reads the responses.
     let sender = thread::spawn(move || {
@@ -326,6 +327,7 @@ fn pipeline_health_checks(gateway: &Gateway, count: usize) -> usize {
             }
         }
     });
+
     let marker = b"HTTP/1.1 200 ";
     let started = Instant::now();
     let mut seen = 0;
@@ -342,6 +344,7 @@ fn pipeline_health_checks(gateway: &Gateway, count: usize) -> usize {
         let keep = tail.len().min(marker.len() - 1);
         tail.drain(..tail.len() - keep);
     }
+
     drop(stream);
     let _ = sender.join();
     seen

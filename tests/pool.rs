@@ -255,7 +255,7 @@ fn no_reuse_after_peer_close() {
 
 #[test]
 fn no_reuse_after_extra_bytes_in_tls_record() {
-    // One TLS record holds a response of exactly 4 KiB, then stray bytes.
+    // One TLS record contains a response of exactly 4 KiB, then stray bytes.
     // A read that took only the first 4 KiB of the record would leave the
     // stray bytes inside OpenSSL, where neither the body's framing nor the
     // check before reuse sees them.

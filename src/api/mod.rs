@@ -71,8 +71,8 @@ impl Api {
     /// Dropping an attempt closes its socket, a system call that also runs
     /// the TCP teardown on loopback. When many deadlines expire together,
     /// closing inline would make each response wait for the closes of the
-    /// responses before it; a spawned task runs after the tasks already
-    /// queued, so the answers go out first.
+    /// responses before it. A spawned task runs after the tasks already
+    /// queued, so the responses go out first.
     ///
     /// NOTE: the request's in-flight permit is released once its response
     /// is ready, usually before this task runs, so for that moment the

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use async_net::TcpStream;
-use futures_lite::{AsyncRead, future};
+use futures_lite::future;
+
+use crate::read;
 
 /// How long a closing connection keeps reading after the last response.
 /// Closing a socket with unread input makes the kernel send a reset, which
@@ -89,9 +91,9 @@ pin_project_lite::pin_project! {
 
 /// Runs `work` until `deadline`.
 ///
-/// A struct rather than an `async` block: a block that awaits a future it
-/// was given keeps room for that future twice, and `work` here is often a
-/// connection's largest future.
+/// Returns a struct future rather than an `async` block, because a block
+/// that awaits a future it was given keeps room for that future twice. The
+/// `work` here is often a connection's largest future.
 pub(super) fn within<F: Future>(deadline: Instant, work: F) -> Within<F> {
     Within {
         work,
@@ -118,48 +120,28 @@ impl<F: Future> Future for Within<F> {
     }
 }
 
-/// Reads at most `limit` bytes onto the end of `buffer`.
-///
-/// Each poll reads into an array on the stack and appends what arrived, so
-/// nothing is held between polls: a waiting read costs neither a read-sized
-/// array in the connection's future nor spare room in `buffer`, and a future
-/// dropped mid-read, as the losing side of a race, leaves `buffer` as it was.
+/// Reads at most `limit` bytes onto the end of `buffer`, holding no buffer
+/// while it waits (see [`crate::read`]).
 pub(super) async fn read_more(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
     limit: usize,
 ) -> io::Result<usize> {
-    let limit = limit.clamp(1, READ_CHUNK);
-    future::poll_fn(|cx| {
-        let mut chunk = [0u8; READ_CHUNK];
-        let poll = Pin::new(&mut *stream).poll_read(cx, &mut chunk[..limit]);
-        if let Poll::Ready(Ok(read)) = poll {
-            buffer.extend_from_slice(&chunk[..read]);
-        }
-        poll
-    })
-    .await
+    read::append::<_, READ_CHUNK>(stream, buffer, limit).await
 }
 
-/// Reads at most `limit` bytes and throws them away; returns how many were read.
-///
-/// Like [`read_more`], each poll reads into an array on the stack, so a
-/// waiting read holds no buffer.
+/// Reads at most `limit` bytes and discards them, holding no buffer while it
+/// waits. Returns the number of bytes read.
 pub(super) async fn skip(stream: &mut TcpStream, limit: usize) -> io::Result<usize> {
-    let limit = limit.clamp(1, READ_CHUNK);
-    future::poll_fn(|cx| {
-        let mut chunk = [0u8; READ_CHUNK];
-        Pin::new(&mut *stream).poll_read(cx, &mut chunk[..limit])
-    })
-    .await
+    read::discard::<_, READ_CHUNK>(stream, limit).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A future that holds `N` bytes across an await, as a read into an array would.
-    async fn holds<const N: usize>() -> usize {
+    /// Keeps `N` bytes across an await, as a read into an array would.
+    async fn keeps_bytes<const N: usize>() -> usize {
         let array = [1u8; N];
         future::yield_now().await;
         array.iter().map(|&b| b as usize).sum()
@@ -167,7 +149,7 @@ mod tests {
 
     #[test]
     fn within_stores_its_work_once() {
-        let work = holds::<4096>();
+        let work = keeps_bytes::<4096>();
         let work_size = size_of_val(&work);
         let bounded = within(Instant::now(), work);
         // An `async` version kept the work twice or three times.

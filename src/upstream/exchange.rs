@@ -106,9 +106,9 @@ async fn exchange(
     }
 }
 
-/// A connection in the middle of an exchange. Dropped while it still holds
-/// the connection, it closes it with a reset (`SO_LINGER` 0) instead of a
-/// FIN.
+/// A connection in the middle of an exchange. If the guard is dropped while
+/// it still owns the connection, it closes the connection with a reset
+/// (`SO_LINGER` 0) instead of a FIN.
 ///
 /// Such a connection carries a request whose response will never be read,
 /// so it can serve nothing more. A reset tells the upstream at once that

@@ -14,10 +14,9 @@
 //! | 200 chunked | decoded as it arrives; bytes after the last chunk are `malformed_response` |
 //! | 200 with neither, in HTTP/1.0 or 1.1 | the body runs to the connection close, up to the body limit |
 
-use std::pin::Pin;
-use std::task::Poll;
+use futures_lite::AsyncRead;
 
-use futures_lite::{AsyncRead, future};
+use crate::read;
 
 use super::chunked::ChunkedDecoder;
 use super::error::AttemptError;
@@ -32,13 +31,12 @@ const MAX_HEADERS: usize = 64;
 /// The maximum number of bytes of a redirect's `Location` kept for the error message.
 const MAX_LOCATION: usize = 256;
 
-/// The maximum number of bytes one read from the upstream socket takes. A response from
-/// the upstream is a few hundred bytes, so one read usually takes all of
-/// it. It is the largest TLS record's plaintext, so a read through TLS
+/// The maximum number of bytes one read from the upstream socket takes.
+///
+/// It is the plaintext of the largest TLS record, so a read through TLS
 /// leaves no decrypted bytes inside OpenSSL, where the pool's check before
-/// reuse could not see them. The read goes to an array on the stack, and the response's buffer
-/// holds only the bytes that arrived, so a pending attempt holds no buffer
-/// at all while it waits.
+/// reuse could not see them. The array lives on the stack only during a
+/// poll (see [`crate::read`]), so its size costs a waiting attempt nothing.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Limits that bound the memory one upstream response may use.
@@ -424,11 +422,8 @@ where
     }
 }
 
-/// Reads at most `limit` more bytes onto the end of `buffer`.
-///
-/// Each poll reads into an array on the stack and appends what arrived, so
-/// a read that waits holds neither that array in the attempt's future nor
-/// spare room in `buffer`.
+/// Reads at most `limit` more bytes onto the end of `buffer`, holding no
+/// buffer while it waits (see [`crate::read`]).
 async fn read_some<R>(
     stream: &mut R,
     buffer: &mut Vec<u8>,
@@ -437,17 +432,9 @@ async fn read_some<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let limit = limit.clamp(1, READ_CHUNK);
-    future::poll_fn(|cx| {
-        let mut chunk = [0u8; READ_CHUNK];
-        let poll = Pin::new(&mut *stream).poll_read(cx, &mut chunk[..limit]);
-        if let Poll::Ready(Ok(read)) = poll {
-            buffer.extend_from_slice(&chunk[..read]);
-        }
-        poll
-    })
-    .await
-    .map_err(AttemptError::from_io)
+    read::append::<_, READ_CHUNK>(stream, buffer, limit)
+        .await
+        .map_err(AttemptError::from_io)
 }
 
 #[cfg(test)]
@@ -750,7 +737,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_status_keeps_its_connection_only_with_the_whole_body() {
+    fn failed_status_reuse_needs_whole_body() {
         let cases: &[(&[u8], bool)] = &[
             (b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\n{}", true),
             (b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", true),

@@ -57,8 +57,8 @@ impl TlsConnector {
         let bridge = Bridge {
             stream,
             waker: Waker::noop().clone(),
-            ahead: Vec::new(),
-            taken: 0,
+            read_ahead: Vec::new(),
+            consumed: 0,
         };
         let mut handshake = match self.inner.connect(domain, bridge) {
             Ok(tls) => return Ok(TlsStream { inner: tls }),
@@ -132,9 +132,9 @@ struct Bridge<S> {
     stream: S,
     /// The waker of the task that last polled the TLS stream.
     waker: Waker,
-    /// Bytes read from the socket that TLS has not asked for yet, from `taken` on.
-    ahead: Vec<u8>,
-    taken: usize,
+    /// Bytes read from the socket that TLS has not requested yet, from `consumed` on.
+    read_ahead: Vec<u8>,
+    consumed: usize,
 }
 
 impl<S> Bridge<S> {
@@ -162,22 +162,22 @@ impl<S> Bridge<S> {
 impl<S> Bridge<S> {
     /// Tells whether bytes read ahead from the socket wait for TLS.
     fn has_read_ahead(&self) -> bool {
-        self.taken < self.ahead.len()
+        self.consumed < self.read_ahead.len()
     }
 }
 
 impl<S: AsyncRead + Unpin> Read for Bridge<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.has_read_ahead() {
-            let count = buf.len().min(self.ahead.len() - self.taken);
-            buf[..count].copy_from_slice(&self.ahead[self.taken..self.taken + count]);
-            self.taken += count;
+            let count = buf.len().min(self.read_ahead.len() - self.consumed);
+            buf[..count].copy_from_slice(&self.read_ahead[self.consumed..self.consumed + count]);
+            self.consumed += count;
             if !self.has_read_ahead() {
-                self.taken = 0;
-                if self.ahead.capacity() > MAX_KEPT_AHEAD {
-                    self.ahead = Vec::new();
+                self.consumed = 0;
+                if self.read_ahead.capacity() > MAX_KEPT_AHEAD {
+                    self.read_ahead = Vec::new();
                 } else {
-                    self.ahead.clear();
+                    self.read_ahead.clear();
                 }
             }
             return Ok(count);
@@ -189,7 +189,7 @@ impl<S: AsyncRead + Unpin> Read for Bridge<S> {
         let read = self.poll_with(|stream, cx| stream.poll_read(cx, &mut chunk))?;
         let count = read.min(buf.len());
         buf[..count].copy_from_slice(&chunk[..count]);
-        self.ahead.extend_from_slice(&chunk[count..read]);
+        self.read_ahead.extend_from_slice(&chunk[count..read]);
         Ok(count)
     }
 }
@@ -302,8 +302,8 @@ mod tests {
                 reads: 0,
             },
             waker: Waker::noop().clone(),
-            ahead: Vec::new(),
-            taken: 0,
+            read_ahead: Vec::new(),
+            consumed: 0,
         }
     }
 
@@ -353,6 +353,6 @@ mod tests {
         let data = vec![7u8; 3000];
         let mut bridge = bridge(&data, usize::MAX);
         assert_eq!(read_in(&mut bridge, &[5, 2995]), data);
-        assert!(bridge.ahead.capacity() <= MAX_KEPT_AHEAD);
+        assert!(bridge.read_ahead.capacity() <= MAX_KEPT_AHEAD);
     }
 }
